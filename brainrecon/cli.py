@@ -1,0 +1,174 @@
+"""The ``brainrecon`` command line.
+
+Every subcommand is a thin wrapper over a public function, so anything the command line
+does can also be done (and explored) from Python or a notebook. Imports are lazy so that
+``brainrecon --help`` answers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+_DESCRIPTION = """\
+brainrecon reconstructs the images a person saw from their fMRI responses with
+diffusion models (NeuroPictor, NeuralDiffuser, MindDiffuser, Contrast-Attend-Diffuse).
+
+It runs out of the box on an embedded toy world (procedural scenes, a simulated
+multi-subject fMRI experiment on the fsaverage5 cortical surface, small pretrained
+backbones) and on the Natural Scenes Dataset with Stable Diffusion 2.1 from local
+folders. brainrecon never downloads data or weights.
+"""
+
+_EPILOG = """\
+examples:
+  brainrecon toyworld --out brainrecon-out          build the toy world, write overview figures
+  brainrecon toyworld --preset smoke --out /tmp/tw  a seconds-sized world for trying things
+  brainrecon card nsd                               how to lay out NSD for brainrecon
+  brainrecon info                                   versions and what brainrecon can find
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser (exposed for documentation and tests)."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="brainrecon", description=_DESCRIPTION, epilog=_EPILOG,
+                                     formatter_class=fmt)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "toyworld", formatter_class=fmt,
+        help="build the embedded toy world and write its overview figures",
+        description=textwrap.dedent("""\
+            Build the embedded toy world (scenes with captions and a simulated fMRI
+            experiment on fsaverage5), save it to OUT/toyworld, and write overview
+            figures to OUT: example scenes with captions, every subject's response
+            flatmap, per-area noise ceilings, and overview.json with the figures' numbers.
+            See data_cards/toyworld.md."""))
+    p.add_argument("--out", default="brainrecon-out", help="output folder (default: %(default)s)")
+    p.add_argument("--preset", choices=("default", "smoke"), default="default",
+                   help="world size: 'default' (the documented world) or 'smoke' (seconds)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
+    p.add_argument("--resolution", type=int, default=128, help="flatmap side in pixels (64-256)")
+
+    p = sub.add_parser("card", help="print a data or model card (nsd, toyworld, ...)",
+                       description="Print one of brainrecon's data/model cards.")
+    p.add_argument("name", nargs="?", default=None, help="card name; omit to list them")
+
+    sub.add_parser("info", help="print versions and what brainrecon can find locally",
+                   description="Versions, threads, accelerator, and data/weight locations.")
+
+    p = sub.add_parser(
+        "backbones", formatter_class=fmt, help="train or inspect the toy backbones",
+        description="The toy world's small Stable-Diffusion parts (VAE, toy CLIP, U-Net).")
+    bsub = p.add_subparsers(dest="backbones_command", metavar="ACTION")
+    t = bsub.add_parser("train", help="train the toy backbones from scratch (resumable)",
+                        description="Train toy CLIP, VAE, U-Net and the attribute classifier. "
+                                    "Rerunning with the same --out resumes from the last checkpoint.")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--preset", choices=("quick", "default"), default="default",
+                   help="'quick' trains in seconds (tests); 'default' is the shipped recipe")
+    t.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``brainrecon`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from .errors import BrainreconError
+
+    try:
+        return _COMMANDS[args.command](args) or 0
+    except BrainreconError as err:
+        print(f"brainrecon {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+def _cmd_toyworld(args) -> int:
+    from .data.toyworld import ToyWorldConfig, make_toyworld, save_toyworld
+    from .plotting import write_toyworld_overview
+
+    config = ToyWorldConfig.smoke() if args.preset == "smoke" else ToyWorldConfig()
+    if args.seed is not None:
+        from dataclasses import replace
+
+        config = replace(config, seed=args.seed)
+    out = Path(args.out)
+    world = make_toyworld(config, progress=True)
+    save_toyworld(world, out / "toyworld")
+    summary = write_toyworld_overview(world, out, resolution=args.resolution)
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out}/ (toyworld/, overview figures, overview.json)")
+    return 0
+
+
+def _cmd_card(args) -> int:
+    from .cards import list_cards, read_card
+
+    if args.name is None:
+        print("\n".join(list_cards()))
+    else:
+        print(read_card(args.name))
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import os
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    info = {
+        "brainrecon": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "BRAINRECON_NSD": os.environ.get("BRAINRECON_NSD"),
+    }
+    for mod in ("diffusers", "transformers", "accelerate", "nilearn", "neuropythy"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_backbones(args) -> int:
+    if args.backbones_command != "train":
+        build_parser().parse_args(["backbones", "--help"])
+        return 0
+    from .backbones.toy import ToyBackboneConfig, train_toy_backbones
+
+    config = ToyBackboneConfig.quick() if args.preset == "quick" else ToyBackboneConfig.default()
+    if args.seed is not None:
+        from dataclasses import replace
+
+        config = replace(config, seed=args.seed)
+    out = train_toy_backbones(config, output_dir=args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+_COMMANDS = {"toyworld": _cmd_toyworld, "card": _cmd_card, "info": _cmd_info,
+             "backbones": _cmd_backbones}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Shared test settings: offline, headless, deterministic, small."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path, monkeypatch):
+    """No test reads the user's data folders or leaves figures open."""
+    monkeypatch.setenv("BRAINRECON_NSD", str(tmp_path / "no-nsd-here"))
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
