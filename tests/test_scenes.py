@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+
+from brainrecon.data import scenes as sc
+from brainrecon.errors import InvalidInputError
+
+
+@pytest.fixture(scope="module")
+def many():
+    return sc.make_scenes(500, image_size=48, seed=3)
+
+
+def test_constants():
+    assert len(sc.CATEGORIES) >= 8 and len(set(sc.CATEGORIES)) == len(sc.CATEGORIES)
+    assert len(sc.COLOURS) >= 6
+    rgb = np.array(list(sc.COLOURS.values()), float)
+    d = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1) + 1e9 * np.eye(len(rgb))
+    assert d.min() > 60
+    assert len(sc.BACKGROUND_PATTERNS) >= 4
+
+
+def test_determinism_and_prefix():
+    a = sc.make_scenes(70, image_size=32, seed=5)
+    b = sc.make_scenes(70, image_size=32, seed=5)
+    c = sc.make_scenes(70, image_size=32, seed=6)
+    assert np.array_equal(a.images, b.images) and a.captions == b.captions
+    assert not np.array_equal(a.images, c.images)
+    p = sc.make_scenes(10, image_size=32, seed=5)
+    assert np.array_equal(p.images, a.images[:10]) and p.captions == a.captions[:10]
+
+
+def test_shapes_dtypes(many):
+    n = len(many)
+    assert many.images.shape == (n, 48, 48, 3) and many.images.dtype == np.uint8
+    assert len(many.captions) == len(many.objects) == len(many.backgrounds) == n
+    assert many.category.shape == many.colour.shape == many.n_objects.shape == (n,)
+    assert many.bbox.shape == (n, 4)
+    assert many.n_objects.min() == 1 and many.n_objects.max() == 3
+    assert [len(o) for o in many.objects] == many.n_objects.tolist()
+    assert many.image_size == 48
+    s = sc.make_scenes(3, image_size=256, seed=0, max_objects=1)
+    assert s.images.shape == (3, 256, 256, 3) and (s.n_objects == 1).all()
+
+
+def test_every_category_and_colour_appears(many):
+    cats = {o["category"] for objs in many.objects for o in objs}
+    cols = {o["colour"] for objs in many.objects for o in objs}
+    assert cats == set(sc.CATEGORIES) and cols == set(sc.COLOURS)
+    assert set(many.category.tolist()) == set(range(len(sc.CATEGORIES)))
+    assert set(many.colour.tolist()) == set(range(len(sc.COLOURS)))
+    assert {b["pattern"] for b in many.backgrounds} == set(sc.BACKGROUND_PATTERNS)
+
+
+def test_bbox_contains_object_pixels(many):
+    for i in range(60):
+        objs = many.objects[i]
+        masks = sc.render_masks(objs, many.image_size)
+        for o, m in zip(objs, masks):
+            ys, xs = np.nonzero(m > 0)
+            assert ys.size > 0
+            x0, y0, x1, y1 = o["bbox"]
+            assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1
+            # and the box is tight
+            assert xs.min() == x0 and ys.max() + 1 == y1
+        assert np.allclose(many.bbox[i], objs[0]["bbox"])
+
+
+def test_object_colour_is_painted():
+    s = sc.make_scenes(40, image_size=64, seed=1, max_objects=1)
+    rgb = np.array(list(sc.COLOURS.values()), float)
+    for i in range(len(s)):
+        m = sc.render_masks(s.objects[i], 64)[0] > 0.99
+        mean = s.images[i][m].astype(float).mean(0)
+        assert np.argmin(np.linalg.norm(rgb - mean, axis=1)) == s.colour[i]
+
+
+def test_captions_use_vocabulary_and_main_first(many):
+    vocab = set(sc.vocabulary())
+    assert sc.vocabulary() == sorted(vocab)
+    for cap, objs in zip(many.captions, many.objects):
+        words = cap.replace(",", " ,").split()
+        assert set(words) <= vocab, set(words) - vocab
+        sizes = [o["size"] for o in objs]
+        assert sizes == sorted(sizes, reverse=True)
+        main = f"{objs[0]['colour']} {objs[0]['category']}"
+        assert cap.split(" ", 2)[2].startswith(main)
+        assert cap.index(main) <= min(cap.index(f"{o['colour']} {o['category']}") for o in objs)
+
+
+def test_caption_for():
+    objs = [dict(category="star", colour="red", centre=(5.0, 5.0), size=20.0),
+            dict(category="ring", colour="blue", centre=(60.0, 60.0), size=5.0)]
+    cap = sc.caption_for(objs, dict(pattern="striped", colour="grey"), image_size=64)
+    assert cap == ("a large red star at the top left and a small blue ring at the bottom right "
+                   "on a striped grey background")
+
+
+def test_subset(many):
+    sub = many.subset([4, 2])
+    assert len(sub) == 2 and np.array_equal(sub.images[1], many.images[2])
+    assert sub.captions == [many.captions[4], many.captions[2]]
+    assert len(many.subset(many.category == 0)) == int((many.category == 0).sum())
+    with pytest.raises(InvalidInputError):
+        many.subset([10_000])
+
+
+def test_bad_arguments():
+    with pytest.raises(InvalidInputError):
+        sc.make_scenes(2, image_size=1000)
+    with pytest.raises(InvalidInputError):
+        sc.make_scenes(2, max_objects=0)
+
+
+def test_plot_scenes(many):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = sc.plot_scenes(many, n=6, ncols=3)
+    assert len([a for a in fig.axes if a.images]) == 6
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
