@@ -120,7 +120,7 @@ def write_toyworld_overview(world, out_dir, resolution: int = 128) -> dict:
     test_scenes = world.scenes.subset(world.test_images[:8])
     figures = {
         "scenes.png": plot_scenes(test_scenes, n=8),
-        "flatmaps.png": plot_subject_flatmaps(world, FlatmapProjector(resolution)),
+        "flatmaps.png": plot_subject_flatmaps(world, FlatmapProjector(resolution, crop="visual")),
         "noise_ceiling.png": plot_noise_ceiling(world),
         "subject_vertices.png": plot_subject_vertices(world, world.subject_ids[0]),
     }

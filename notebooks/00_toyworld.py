@@ -58,7 +58,7 @@ fig_scenes
 # %%
 fig_vertices = plot_subject_vertices(world, world.subject_ids[0])
 save_figure(fig_vertices, out / "subject_vertices.png")
-fig_flatmaps = plot_subject_flatmaps(world, FlatmapProjector(RESOLUTION))
+fig_flatmaps = plot_subject_flatmaps(world, FlatmapProjector(RESOLUTION, crop="visual"))
 save_figure(fig_flatmaps, out / "flatmaps.png")
 fig_flatmaps
 
