@@ -41,6 +41,11 @@ def bench_flatmap(quick: bool = False) -> dict:
       the (H*W, B) result left pixel-major: the raw scipy kernel, no layout work at all.
     * ``bare_same_output``: ``np.ascontiguousarray((W @ X.T).T)``, the straightforward scipy
       expression that returns what ``transform`` returns, C-ordered (B, H*W).
+
+    ``transform`` must return C-ordered (B, 1, H, W) maps, so it pays a transpose of the
+    kernel's pixel-major blocks and writes every pixel (the bare product never touches the
+    pages of uncovered pixels); ``transform_numpy_into_out`` writes into a reused buffer and
+    shows what the fresh 64 MB allocation costs.
     """
     import torch
 
@@ -69,17 +74,20 @@ def bench_flatmap(quick: bool = False) -> dict:
         p1 = S.FlatmapProjector(res, crop=crop, n_threads=1)
         p2 = S.FlatmapProjector(res, crop=crop, n_threads=2)
         imgs = proj.transform(x)
+        buf = np.empty_like(imgs)
         fns = {
             "bare_vertex_major": lambda: w32 @ xt,
             "bare_same_output": lambda: np.ascontiguousarray((w32 @ x.T).T),
             "transform_numpy_1thread": lambda: p1.transform(x),
             "transform_numpy_2threads": lambda: p2.transform(x),
+            "transform_numpy_into_out": lambda: p1.transform(x, out=buf),
             "transform_torch_cpu": lambda: p2.transform(xtorch),
             "inverse_numpy": lambda: p2.inverse(imgs),
         }
         sec = _timeit(fns, reps)
         rate = {k: round(batch / v, 1) for k, v in sec.items()}
         best = max(rate["transform_numpy_1thread"], rate["transform_numpy_2threads"])
+        # 1 thread is the default; 2 threads are reported separately
         out[f"{res}x{res}" + (f"_{crop}" if crop else "")] = {
             "construct_s_cold": round(build, 3),
             "construct_s_cached": round(cached, 5),
@@ -95,7 +103,98 @@ def bench_flatmap(quick: bool = False) -> dict:
     return out
 
 
-SECTIONS = {"flatmap": bench_flatmap}
+def bench_toyworld(quick: bool = False) -> dict:
+    """Toy world: build time (the issue's budget is <= 60 s for the default on 2 cores), scene
+    rendering and encoding-model throughput, save/load — next to a baseline measured in the
+    same run: copying the world's scene array (memory bandwidth floor for the same bytes)."""
+    import tempfile
+
+    from brainrecon.data.scenes import make_scenes
+    from brainrecon.data.toyworld import ToyWorldConfig, load_toyworld, make_toyworld, save_toyworld
+
+    out = {}
+    cfg = ToyWorldConfig.smoke() if quick else ToyWorldConfig()
+    t = time.perf_counter()
+    world = make_toyworld(cfg, progress=False)
+    out["build_s"] = round(time.perf_counter() - t, 2)
+    out["preset"] = "smoke" if quick else "default"
+    out["n_images"] = len(world.scenes)
+    out["n_trials"] = int(sum(len(s.trial_image) for s in world.subjects.values()))
+    n = 256 if quick else 1024
+    t = time.perf_counter()
+    scenes = make_scenes(n, seed=1)
+    out["scenes_per_s"] = round(n / (time.perf_counter() - t), 1)
+    t = time.perf_counter()
+    world.encoding_model(scenes.images)
+    out["encoding_model_images_per_s"] = round(n / (time.perf_counter() - t), 1)
+    t = time.perf_counter()
+    np.array(world.scenes.images, copy=True)
+    out["baseline_copy_scene_array_s"] = round(time.perf_counter() - t, 4)
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        save_toyworld(world, f"{d}/tw")
+        out["save_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        load_toyworld(f"{d}/tw")
+        out["load_s"] = round(time.perf_counter() - t, 2)
+    return out
+
+
+def bench_nsd(quick: bool = False) -> dict:
+    """NSD reader on the miniature fixture (official formats): trials/s of ``load_nsd`` per
+    space and format, next to the bare file reads of the same files in the same run
+    (nibabel dataobj / h5py / mgh without masking, scaling, z-scoring or averaging)."""
+    import tempfile
+    from pathlib import Path
+
+    import h5py
+    import nibabel as nib
+
+    from brainrecon.data.nsd import load_nsd
+    from brainrecon.data.nsd_fixture import make_nsd_fixture
+
+    out = {}
+    n_sessions = 1 if quick else 2
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        root = make_nsd_fixture(Path(d) / "nsd", n_sessions=n_sessions,
+                                spaces=("func1pt8mm", "fsaverage"))
+        out["fixture_build_s"] = round(time.perf_counter() - t, 2)
+        trials = 750 * n_sessions
+        sess = list(range(1, n_sessions + 1))
+        runs = {
+            "func1pt8mm_niigz": dict(space="func1pt8mm", volume_format="nii.gz"),
+            "func1pt8mm_hdf5": dict(space="func1pt8mm", volume_format="hdf5"),
+            "fsaverage_mgh": dict(space="fsaverage"),
+        }
+        for name, kw in runs.items():
+            t = time.perf_counter()
+            load_nsd(root, 1, sessions=sess, progress=False, **kw)
+            out[f"{name}_trials_per_s"] = round(trials / (time.perf_counter() - t), 1)
+        beta = root / "nsddata_betas/ppdata/subj01"
+        bare = {
+            "func1pt8mm_niigz": lambda p: np.array(nib.load(p).dataobj, copy=True),
+            "func1pt8mm_hdf5": lambda p: h5py.File(p, "r")["betas"][()],
+            "fsaverage_mgh": lambda p: np.array(nib.load(p).dataobj, copy=True),  # mgh may memmap
+        }
+        patterns = {
+            "func1pt8mm_niigz": "func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session{:02d}.nii.gz",
+            "func1pt8mm_hdf5": "func1pt8mm/betas_fithrf_GLMdenoise_RR/betas_session{:02d}.hdf5",
+            "fsaverage_mgh": "fsaverage/betas_fithrf_GLMdenoise_RR/{}.betas_session{:02d}.mgh",
+        }
+        for name, read in bare.items():
+            t = time.perf_counter()
+            for s in sess:
+                if name == "fsaverage_mgh":
+                    for h in ("lh", "rh"):
+                        read(beta / patterns[name].format(h, s))
+                else:
+                    read(beta / patterns[name].format(s))
+            out[f"bare_{name}_trials_per_s"] = round(trials / (time.perf_counter() - t), 1)
+    return out
+
+
+SECTIONS = {"flatmap": bench_flatmap, "toyworld": bench_toyworld, "nsd": bench_nsd}
 
 
 def main(argv=None) -> dict:
@@ -107,7 +206,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     result = {
         "env": {"python": platform.python_version(), "machine": platform.machine(),
-                "cpu_count": os.cpu_count(), "quick": args.quick},
+                "cpu_count": os.cpu_count(), "quick": args.quick,
+                "loadavg_1min_at_start": round(os.getloadavg()[0], 2)},
         "sections": {},
     }
     for name in args.sections:
