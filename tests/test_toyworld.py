@@ -33,17 +33,19 @@ def test_default_config():
         ToyWorldConfig(n_repeats=1)
 
 
-def test_determinism(world):
-    again = make_toyworld(ToyWorldConfig.smoke(), progress=False)
-    assert np.array_equal(again.scenes.images, world.scenes.images)
-    for sid, s in world.subjects.items():
-        t = again.subjects[sid]
+def test_determinism():
+    tiny = ToyWorldConfig.smoke(n_subjects=2, n_test=10, n_train=20, n_calibration=48)
+    a, b = make_toyworld(tiny, progress=False), make_toyworld(tiny, progress=False)
+    assert np.array_equal(a.scenes.images, b.scenes.images) and a.scenes.captions == b.scenes.captions
+    for sid, s in a.subjects.items():
+        t = b.subjects[sid]
         assert np.array_equal(s.vertices, t.vertices)
         assert np.array_equal(s.trial_image, t.trial_image)
         assert s.responses.tobytes() == t.responses.tobytes()
-    other = make_toyworld(ToyWorldConfig.smoke(seed=1, n_subjects=1), progress=False)
-    assert not np.array_equal(other.subjects["subj01"].responses[:5, :5],
-                              world.subjects["subj01"].responses[:5, :5])
+    assert a.encoding_model.to_arrays()["t_cat"].tobytes() == b.encoding_model.to_arrays()["t_cat"].tobytes()
+    c = make_toyworld(tiny, seed=1, progress=False)
+    assert not np.array_equal(c.subjects["subj01"].responses[:5, :5], a.subjects["subj01"].responses[:5, :5])
+    assert not np.array_equal(c.scenes.images, a.scenes.images)
 
 
 def test_subjects_and_trials(world):

@@ -460,13 +460,13 @@ def plot_scenes(scenes: Scenes, n: int = 8, ncols: int = 4, width: int = 28, pan
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     n = min(int(n), len(scenes))
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols, (panel + 0.9) * nrows),
-                             squeeze=False)
+    fig = Figure(figsize=(panel * ncols, (panel + 0.9) * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i in range(n):

@@ -27,6 +27,7 @@ noise-free response of vertex ``v`` to image ``i`` is::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -317,6 +318,7 @@ class ToyEncodingModel:
 
 
 # ---------------------------------------------------------------------- construction
+@lru_cache(maxsize=4)
 def fit_codebook(n: int = 600, seed: int = 0):
     """Category prototypes from single-object scenes: (desc_mean, desc_sd, prototypes)."""
     sc = make_scenes(n, image_size=WORK, seed=seed, max_objects=1)

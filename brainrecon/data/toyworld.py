@@ -389,11 +389,14 @@ def _tick(bar):
 def plot_noise_ceiling(world: ToyWorld, ax=None):
     """Bar chart of the mean noise ceiling per area (single trial and repeat average),
     one dot per subject. Returns the Figure."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     df = world.noise_ceiling()
     areas = [a for a in AREA_ROWS if a in set(df.area)]
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 3.5))
+    if ax is None:
+        fig = Figure(figsize=(8, 3.5))
+        ax = fig.subplots()
+    fig = ax.figure
     x = np.arange(len(areas))
     for off, col, lab in ((-0.2, "nc", "1 trial"), (0.2, "nc_avg", f"{world.config.n_repeats} trials")):
         g = df.groupby("area")[col]
@@ -410,7 +413,10 @@ def plot_noise_ceiling(world: ToyWorld, ax=None):
 
 def plot_subject_vertices(world: ToyWorld, subject: str = "subj01"):
     """The subject's native vertices on both flat hemispheres, coloured by visual area."""
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     from .fsaverage import load_fsaverage5
 
@@ -418,18 +424,21 @@ def plot_subject_vertices(world: ToyWorld, subject: str = "subj01"):
     surf = load_fsaverage5()
     lab = np.full(surf.n_vertices, -1.0)
     lab[s.vertices] = s.area
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    fig = Figure(figsize=(9, 4.2))
+    axes = fig.subplots(1, 2)
     names = {0: "other", **{k: AREA_NAMES[k] for k in tb.EARLY + tb.HIGHER}}
-    cmap = plt.get_cmap("tab10", 9)
+    tab = colormaps["tab10"]
+    cmap = ListedColormap([(0.85, 0.85, 0.85)] + [tab(i) for i in range(1, 9)])
     codes = {-1: 0, **{k: i + 1 for i, k in enumerate(names)}}
     for ax, hemi, part in zip(axes, (surf.left, surf.right), surf.split(lab)):
         c = np.vectorize(codes.get)(part)
-        ax.tripcolor(hemi.flat[:, 0], hemi.flat[:, 1], hemi.flat_faces, c, cmap=cmap,
-                     vmin=-0.5, vmax=8.5, shading="flat")
+        ax.tripcolor(hemi.flat[:, 0], hemi.flat[:, 1], hemi.flat_faces,
+                     facecolors=c[hemi.flat_faces[:, 0]].astype(float), cmap=cmap,
+                     vmin=-0.5, vmax=8.5)
         ax.set_aspect("equal")
         ax.set_axis_off()
         ax.set_title(f"{hemi.name} hemisphere")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(codes[k])) for k in names]
+    handles = [Rectangle((0, 0), 1, 1, color=cmap(codes[k])) for k in names]
     fig.legend(handles, list(names.values()), loc="lower center", ncol=len(names), frameon=False)
     fig.suptitle(f"{s.id}: {s.n_vox} native vertices (grey: not sampled)")
     return fig
