@@ -41,3 +41,14 @@ def test_cli_card_lists_and_prints(capsys):
     assert "Expected layout" in capsys.readouterr().out
     assert main(["card", "nope"]) == 2
     assert "available:" in capsys.readouterr().err
+
+
+def test_data_exports_resolve():
+    import brainrecon.data as data
+
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    import pytest
+
+    with pytest.raises(AttributeError):
+        data.not_a_thing
