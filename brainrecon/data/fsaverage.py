@@ -35,6 +35,7 @@ __all__ = [
     "FsaverageSurface",
     "VisualAreas",
     "AREA_NAMES",
+    "area_mask",
     "load_fsaverage5",
     "load_visual_areas",
     "reduce_to_fsaverage5",
@@ -224,28 +225,38 @@ class VisualAreas:
     source: str
 
     def mask(self, *areas: str | int) -> np.ndarray:
-        """Boolean vertex mask of the named areas (``"V1"``, ``2``, ``"early"``, ``"higher"``)."""
-        from ..errors import check_choice
-
-        keys: set[int] = set()
-        by_name = {v: k for k, v in AREA_NAMES.items()}
-        for a in areas:
-            if a == "early":
-                keys |= set(EARLY_AREAS)
-            elif a == "higher":
-                keys |= set(HIGHER_AREAS)
-            elif a == "visual":
-                keys |= set(AREA_NAMES)
-            elif isinstance(a, str):
-                check_choice("area", a, list(by_name) + ["early", "higher", "visual"])
-                keys.add(by_name[a])
-            else:
-                keys.add(int(a))
-        return np.isin(self.labels, sorted(keys))
+        """Boolean vertex mask of the named areas; see :func:`area_mask`."""
+        return area_mask(self.labels, *areas)
 
     def present(self) -> dict[int, str]:
         """The areas that have at least one vertex, ``{label: name}``."""
         return {k: v for k, v in AREA_NAMES.items() if (self.labels == k).any()}
+
+
+def area_mask(labels: np.ndarray, *areas: str | int) -> np.ndarray:
+    """Boolean mask of ``labels`` that belong to ``areas``.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        Area labels (:data:`AREA_NAMES` keys, 0 = outside the visual areas).
+    *areas : str or int
+        Area names (``"V1"``, ``"hV4"``...), label numbers, or the groups ``"early"``
+        (V1-V3), ``"higher"`` (hV4 and beyond), ``"visual"`` (all) and ``"other"`` (label 0).
+    """
+    from ..errors import check_choice
+
+    groups = {"early": set(EARLY_AREAS), "higher": set(HIGHER_AREAS),
+              "visual": set(AREA_NAMES), "other": {0}}
+    by_name = {v: k for k, v in AREA_NAMES.items()}
+    keys: set[int] = set()
+    for a in areas:
+        if isinstance(a, str):
+            check_choice("area", a, list(by_name) + list(groups))
+            keys |= groups.get(a, {by_name.get(a)})
+        else:
+            keys.add(int(a))
+    return np.isin(labels, sorted(keys))
 
 
 @lru_cache(maxsize=4)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InvalidInputError
-from .fsaverage import AREA_NAMES
+from .fsaverage import AREA_NAMES, area_mask
 from .scenes import Scenes, make_scenes
 from . import toybrain as tb
 
@@ -135,26 +135,7 @@ class ToySubject:
 
     def area_mask(self, *areas) -> np.ndarray:
         """Boolean mask over this subject's vertices of areas (``"V1"``, ``"early"``, ``"higher"``...)."""
-        return _area_mask(self.area, areas)
-
-
-def _area_mask(labels: np.ndarray, areas) -> np.ndarray:
-    by_name = {v: k for k, v in AREA_NAMES.items()}
-    keys: set = set()
-    for a in areas:
-        if a == "early":
-            keys |= set(tb.EARLY)
-        elif a == "higher":
-            keys |= set(tb.HIGHER)
-        elif a == "visual":
-            keys |= set(tb.EARLY + tb.HIGHER)
-        elif a == "other":
-            keys.add(0)
-        elif a in by_name:
-            keys.add(by_name[a])
-        else:
-            raise InvalidInputError(f"unknown area {a!r}; use one of {list(AREA_ROWS) + ['visual']}.")
-    return np.isin(labels, sorted(keys))
+        return area_mask(self.area, *areas)
 
 
 @dataclass(frozen=True, eq=False)
