@@ -1,0 +1,197 @@
+"""What a backbone learned, on held-out toy scenes: PSNR, retrieval, attribute match.
+
+The same functions serve the data card (full size), the tests (smoke size) and
+``notebooks/02_toy_backbones.py``. Every figure is computed on scenes drawn with a seed
+that training never used (``heldout_seed``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["heldout_scenes", "vae_psnr", "clip_retrieval", "attribute_accuracy", "plot_vae_reconstructions",
+           "plot_retrieval",
+           "text_to_image_match", "evaluate_backbone", "plot_backbone_samples", "images_to_tensor"]
+
+
+def images_to_tensor(images_u8: np.ndarray) -> torch.Tensor:
+    """``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def heldout_scenes(n: int, image_size: int = 64, seed: int = 10_000):
+    """Held-out toy scenes (``make_scenes(n, image_size, seed)``)."""
+    from ..data.scenes import make_scenes
+
+    return make_scenes(int(n), image_size=int(image_size), seed=int(seed))
+
+
+@torch.no_grad()
+def vae_psnr(backbone, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Per-image PSNR (dB, peak 1) of ``decode_latents(encode_latents(x))`` (posterior mean)."""
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(backbone.device)
+        r = backbone.decode_latents(backbone.encode_latents(x))
+        mse = ((r - x) ** 2).flatten(1).mean(1).clamp(min=1e-10)
+        out.append((10 * torch.log10(1.0 / mse)).cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def clip_retrieval(backbone, images: torch.Tensor, captions) -> dict:
+    """Top-1 caption→image and image→caption retrieval among the given pairs (chance ``1/n``)."""
+    t = torch.nn.functional.normalize(backbone.encode_text_embeds(list(captions)), dim=-1)
+    v = torch.nn.functional.normalize(backbone.encode_image_embeds(images), dim=-1)
+    sim = t @ v.T
+    target = torch.arange(len(t), device=sim.device)
+    return {"caption_to_image_top1": float((sim.argmax(1) == target).float().mean()),
+            "image_to_caption_top1": float((sim.argmax(0) == target).float().mean()),
+            "n_pairs": int(len(t))}
+
+
+@torch.no_grad()
+def attribute_accuracy(classifier, images: torch.Tensor, category, colour, bbox=None) -> dict:
+    """Accuracy of the attribute classifier (category, colour, both) and mean box IoU."""
+    from .attributes import box_iou
+
+    p = classifier.predict(images)
+    cat_ok = p["category"].numpy() == np.asarray(category)
+    col_ok = p["colour"].numpy() == np.asarray(colour)
+    res = {"category": float(cat_ok.mean()), "colour": float(col_ok.mean()),
+           "both": float((cat_ok & col_ok).mean()), "n": int(len(images))}
+    if bbox is not None:
+        res["bbox_iou"] = float(box_iou(p["bbox"].double(), torch.as_tensor(np.asarray(bbox)).double()).mean())
+    return res
+
+
+@torch.no_grad()
+def text_to_image_match(backbone, captions, category, colour, guidance_scale: float | None = None,
+                        num_inference_steps: int = 25, seed: int = 0, return_images: bool = False):
+    """Share of samples whose main object the attribute classifier reads as the caption's.
+
+    Returns a dict with ``category``, ``colour`` and ``both`` (the acceptance figure).
+    """
+    if backbone.attribute_classifier is None:
+        raise ValueError("this backbone has no attribute_classifier/ (toy world only).")
+    g = torch.Generator().manual_seed(int(seed))
+    imgs = backbone.generate(list(captions), guidance_scale=guidance_scale,
+                             num_inference_steps=num_inference_steps, generator=g)
+    res = attribute_accuracy(backbone.attribute_classifier, imgs, category, colour)
+    res["guidance_scale"] = float(backbone.guidance_scale if guidance_scale is None else guidance_scale)
+    return (res, imgs) if return_images else res
+
+
+def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_generate: int = 200,
+                      heldout_seed: int = 10_000, guidance_scales=(None, 1.0, 0.0),
+                      num_inference_steps: int = 25, seed: int = 0) -> dict:
+    """All acceptance figures of a toy backbone on held-out scenes (flat dict, JSON-ready).
+
+    Keys: ``vae_psnr_db`` (mean per-image PSNR), ``vae_psnr_db_median``,
+    ``vae_psnr_db_without_noisy_backgrounds``, ``clip_caption_to_image_top1``,
+    ``clip_image_to_caption_top1``, ``attr_classifier_category_acc``, ``…_colour_acc``,
+    ``…_bbox_iou``, and per guidance scale ``t2i_match_gs<scale>`` (category and colour both
+    right), ``t2i_category_gs<scale>``, ``t2i_colour_gs<scale>``; ``t2i_match_default`` repeats
+    the default scale.
+    """
+    size = backbone.image_size
+    n_max = max(n_eval, n_retrieval, n_generate)
+    sc = heldout_scenes(n_max, size, heldout_seed)
+    x = images_to_tensor(sc.images)
+    m = {"image_size": size, "heldout_seed": int(heldout_seed)}
+    if n_eval:
+        ps = vae_psnr(backbone, x[:n_eval])
+        noisy = np.array([b["pattern"] == "noisy" for b in sc.backgrounds[:n_eval]])
+        m.update(vae_psnr_db=float(ps.mean()), vae_psnr_db_median=float(np.median(ps)),
+                 vae_psnr_db_without_noisy_backgrounds=float(ps[~noisy].mean()) if (~noisy).any() else None,
+                 vae_n_images=int(n_eval))
+    if n_retrieval and backbone.image_encoder is not None:
+        r = clip_retrieval(backbone, x[:n_retrieval], sc.captions[:n_retrieval])
+        m.update(clip_caption_to_image_top1=r["caption_to_image_top1"],
+                 clip_image_to_caption_top1=r["image_to_caption_top1"], clip_n_pairs=r["n_pairs"])
+    if backbone.attribute_classifier is not None:
+        if n_eval:
+            a = attribute_accuracy(backbone.attribute_classifier, x[:n_eval], sc.category[:n_eval],
+                                   sc.colour[:n_eval], sc.bbox[:n_eval])
+            m.update(attr_classifier_category_acc=a["category"], attr_classifier_colour_acc=a["colour"],
+                     attr_classifier_both_acc=a["both"], attr_classifier_bbox_iou=a["bbox_iou"])
+        if n_generate:
+            for gs in guidance_scales:
+                r = text_to_image_match(backbone, sc.captions[:n_generate], sc.category[:n_generate],
+                                        sc.colour[:n_generate], gs, num_inference_steps, seed)
+                key = f"gs{r['guidance_scale']:g}"
+                m[f"t2i_match_{key}"] = r["both"]
+                m[f"t2i_category_{key}"] = r["category"]
+                m[f"t2i_colour_{key}"] = r["colour"]
+                if gs is None:
+                    m["t2i_match_default"] = r["both"]
+                    m["guidance_scale_default"] = r["guidance_scale"]
+            m["t2i_n_captions"] = int(n_generate)
+            m["num_inference_steps"] = int(num_inference_steps)
+    return m
+
+
+def plot_backbone_samples(backbone, captions, guidance_scales=(0.0, 1.0, None), num_inference_steps: int = 25,
+                          seed: int = 0, wrap: int = 28):
+    """Grid of samples: one row per caption, one column per guidance scale. Returns a Figure."""
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    captions = list(captions)
+    cols = list(guidance_scales)
+    fig, axes = plt.subplots(len(captions), len(cols) + 1, figsize=(1.9 * (len(cols) + 1), 1.9 * len(captions)),
+                             squeeze=False)
+    for j, gs in enumerate(cols):
+        imgs = backbone.generate(captions, guidance_scale=gs, num_inference_steps=num_inference_steps,
+                                 generator=torch.Generator().manual_seed(seed))
+        for i in range(len(captions)):
+            ax = axes[i, j + 1]
+            ax.imshow(imgs[i].permute(1, 2, 0).cpu().numpy())
+            ax.set_axis_off()
+            if i == 0:
+                ax.set_title(f"guidance {backbone.guidance_scale if gs is None else gs:g}", fontsize=8)
+    for i, c in enumerate(captions):
+        axes[i, 0].set_axis_off()
+        axes[i, 0].text(0, 0.5, textwrap.fill(c, wrap), fontsize=6, va="center")
+    fig.tight_layout()
+    return fig
+
+
+def plot_vae_reconstructions(backbone, images: torch.Tensor, n: int = 8):
+    """Originals (top row) and VAE reconstructions (bottom row) with per-image PSNR. Returns a Figure."""
+    import matplotlib.pyplot as plt
+
+    x = images[:n]
+    with torch.no_grad():
+        r = backbone.decode_latents(backbone.encode_latents(x.to(backbone.device))).cpu()
+    psnr = 10 * torch.log10(1 / ((r - x) ** 2).flatten(1).mean(1).clamp(min=1e-10))
+    fig, axes = plt.subplots(2, len(x), figsize=(1.4 * len(x), 3.0), squeeze=False)
+    for i in range(len(x)):
+        axes[0, i].imshow(x[i].permute(1, 2, 0).numpy())
+        axes[1, i].imshow(r[i].permute(1, 2, 0).numpy())
+        axes[1, i].set_title(f"{psnr[i]:.1f} dB", fontsize=7)
+        axes[0, i].set_axis_off()
+        axes[1, i].set_axis_off()
+    axes[0, 0].set_title("original", fontsize=7, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_retrieval(backbone, images: torch.Tensor, captions, n: int = 16):
+    """Caption-by-image cosine similarity of toy CLIP (the diagonal holds the true pairs). Returns a Figure."""
+    import matplotlib.pyplot as plt
+
+    with torch.no_grad():
+        t = torch.nn.functional.normalize(backbone.encode_text_embeds(list(captions)[:n]), dim=-1)
+        v = torch.nn.functional.normalize(backbone.encode_image_embeds(images[:n]), dim=-1)
+    sim = (t @ v.T).cpu().numpy()
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    im = ax.imshow(sim, cmap="viridis")
+    ax.set_xlabel("image")
+    ax.set_ylabel("caption")
+    top1 = float((sim.argmax(1) == np.arange(len(sim))).mean())
+    ax.set_title(f"toy CLIP similarity, top-1 {top1:.0%} of {len(sim)}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,265 @@
+"""The toy world's Stable Diffusion: word tokenizer, toy CLIP, tiny VAE and U-Net.
+
+Everything is built from small configs of the same ``transformers`` / ``diffusers``
+classes that Stable Diffusion 2.1 uses, so the toy parts load, save and run through
+exactly the code that serves a real SD checkpoint (:func:`brainrecon.backbones.load_backbone`).
+
+Parts and where they are saved (diffusers Stable Diffusion layout)::
+
+    tokenizer/          word-level tokenizer over the caption grammar (PreTrainedTokenizerFast)
+    text_encoder/       toy CLIP text tower, CLIPTextModelWithProjection
+    image_encoder/      toy CLIP image tower, CLIPVisionModelWithProjection
+    vae/                AutoencoderKL, 32×32 RGB -> 8×8×16 latents (×4)
+    unet/               UNet2DConditionModel, cross-attention on text hidden states
+    scheduler/          DDIMScheduler (epsilon prediction, scaled-linear betas)
+    attribute_classifier/  category / colour / box of the main object (evaluation)
+
+:class:`ToyBackboneConfig` holds the recipe; :func:`train_toy_backbones` (in
+:mod:`brainrecon.backbones.toy_train`) trains every part with :func:`brainrecon.training.fit`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = [
+    "SPECIAL_TOKENS",
+    "MODEL_MAX_LENGTH",
+    "ToyBackboneConfig",
+    "make_toy_tokenizer",
+    "make_toy_text_encoder",
+    "make_toy_image_encoder",
+    "make_toy_vae",
+    "make_toy_unet",
+    "make_toy_scheduler",
+    "train_toy_backbones",
+]
+
+#: Special tokens, in id order: pad=0, unk=1, bos=2, eos=3. (eos must not be id 2: CLIP's
+#: text model treats ``eos_token_id == 2`` as the legacy "argmax of ids" pooling.)
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
+#: Token positions of the toy text encoder. The longest grammar caption has 31 words and
+#: commas, 33 tokens with bos/eos; every caption is padded to this length (as SD pads to 77).
+MODEL_MAX_LENGTH = 40
+
+
+@dataclass(frozen=True)
+class ToyBackboneConfig:
+    """Recipe of the toy backbones (the shipped weights use :meth:`default`).
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the training scenes (``make_scenes(n_train, seed=seed)``) and of training.
+    heldout_seed : int
+        Seed of the held-out scenes used for every reported figure (never trained on).
+    image_size : int
+        Side of the square images, pixels.
+    n_train : int
+        Training scenes, generated once and kept in memory.
+    n_eval : int
+        Held-out scenes for the VAE PSNR and the attribute classifier accuracy.
+    n_retrieval : int
+        Held-out caption–image pairs for CLIP top-1 retrieval.
+    n_generate : int
+        Held-out captions for the text-to-image attribute match.
+    clip_width, clip_layers, clip_heads, clip_patch_size : int
+        Toy CLIP towers (both towers share width, depth and heads).
+    clip_steps, clip_batch_size, clip_lr : int, int, float
+        Contrastive training.
+    vae_channels : tuple of int
+        ``block_out_channels`` of the VAE; ``len - 1`` halvings (3 -> ×4).
+    vae_latent_channels : int
+    vae_steps, vae_batch_size, vae_lr, vae_kl_weight
+        VAE training (L1+L2 reconstruction + ``vae_kl_weight`` × KL).
+    unet_channels : tuple of int
+        ``block_out_channels`` of the U-Net (the last level has no attention).
+    unet_steps, unet_batch_size, unet_lr
+        Latent-diffusion training (epsilon prediction).
+    cfg_dropout : float
+        Probability of replacing the caption by the empty caption (classifier-free guidance).
+    attr_steps, attr_batch_size, attr_lr, attr_channels
+        Attribute-classifier training and its conv stages.
+    guidance_scale : float
+        Default classifier-free guidance scale (recorded in ``backbone.json``).
+    num_inference_steps : int
+        DDIM steps used for the reported samples.
+    checkpoint_every : int
+        Steps between resumable checkpoints of each part.
+    threads : int or None
+        ``torch.set_num_threads`` during training (``None``: leave as is).
+    progress : bool
+        Progress bars.
+    """
+
+    seed: int = 0
+    heldout_seed: int = 10_000
+    image_size: int = 32
+    n_train: int = 20_000
+    n_eval: int = 200
+    n_retrieval: int = 100
+    n_generate: int = 200
+    clip_width: int = 96
+    clip_layers: int = 3
+    clip_heads: int = 4
+    clip_patch_size: int = 8
+    clip_steps: int = 450
+    clip_batch_size: int = 128
+    clip_lr: float = 1e-3
+    vae_channels: tuple = (16, 32, 64)
+    vae_latent_channels: int = 16
+    vae_steps: int = 1500
+    vae_batch_size: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    unet_channels: tuple = (32, 64, 64)
+    unet_steps: int = 3000
+    unet_batch_size: int = 64
+    unet_lr: float = 1e-3
+    cfg_dropout: float = 0.1
+    attr_steps: int = 3000
+    attr_batch_size: int = 64
+    attr_channels: tuple = (16, 32, 64, 128)
+    attr_lr: float = 2e-3
+    guidance_scale: float = 5.0
+    num_inference_steps: int = 25
+    checkpoint_every: int = 100
+    threads: int | None = 2
+    progress: bool = True
+
+    @classmethod
+    def default(cls) -> "ToyBackboneConfig":
+        """The recipe of the shipped weights."""
+        return cls()
+
+    @classmethod
+    def quick(cls) -> "ToyBackboneConfig":
+        """A few seconds end to end (tests): tiny parts, tens of steps, no quality claims."""
+        return cls(n_train=128, n_eval=8, n_retrieval=8, n_generate=4, image_size=16, clip_width=16,
+                   clip_layers=1, clip_heads=2, clip_steps=20, clip_batch_size=16,
+                   vae_channels=(8, 8, 8), vae_steps=20, vae_batch_size=8,
+                   unet_channels=(8, 16), unet_steps=20, unet_batch_size=16,
+                   attr_steps=20, attr_batch_size=8, attr_channels=(8, 8), num_inference_steps=2,
+                   checkpoint_every=10, threads=1, progress=False)
+
+    def replace(self, **changes) -> "ToyBackboneConfig":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- tokenizer
+def make_toy_tokenizer(words=None, model_max_length: int = MODEL_MAX_LENGTH):
+    """Word-level tokenizer over the caption grammar's vocabulary (no download).
+
+    Parameters
+    ----------
+    words : sequence of str, optional
+        Vocabulary; default :func:`brainrecon.data.scenes.vocabulary`.
+    model_max_length : int
+        Length every caption is padded/truncated to (``padding="max_length"``).
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerFast
+        Lower-cases, splits words and punctuation, wraps in ``<bos> … <eos>``, pads with
+        ``<pad>`` (id 0); unknown words map to ``<unk>``. ``decode(..., skip_special_tokens=True)``
+        gives the caption back.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    if words is None:
+        from ..data.scenes import vocabulary
+
+        words = vocabulary()
+    vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", pair="<bos> $A <eos> $B <eos>",
+        special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])])
+    tk.decoder = decoders.WordPiece(prefix="##", cleanup=True)   # joins words, "a , b" -> "a, b"
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<bos>", eos_token="<eos>",
+                                   model_max_length=int(model_max_length), padding_side="right")
+
+
+# --------------------------------------------------------------------------- models
+def make_toy_text_encoder(vocab_size: int, width: int = 128, layers: int = 4, heads: int = 4,
+                          max_length: int = MODEL_MAX_LENGTH):
+    """Toy CLIP text tower: ``CLIPTextModelWithProjection`` (projection to ``width``)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(vocab_size=int(vocab_size), hidden_size=width, intermediate_size=4 * width,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         max_position_embeddings=int(max_length), projection_dim=width,
+                         pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    return CLIPTextModelWithProjection(cfg)
+
+
+def make_toy_image_encoder(image_size: int = 64, width: int = 128, layers: int = 4, heads: int = 4,
+                           patch_size: int = 8):
+    """Toy CLIP image tower: a ViT, ``CLIPVisionModelWithProjection`` (projection to ``width``)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                           num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
+                           projection_dim=width)
+    return CLIPVisionModelWithProjection(cfg)
+
+
+def _groups(channels) -> int:
+    g = 32
+    while any(c % g for c in channels):
+        g //= 2
+    return max(1, g)
+
+
+def make_toy_vae(image_size: int = 64, channels=(32, 64, 64), latent_channels: int = 4):
+    """Tiny ``AutoencoderKL``: ``len(channels) - 1`` halvings (default 64×64 -> 16×16×4)."""
+    from diffusers import AutoencoderKL
+
+    n = len(channels)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+                         block_out_channels=tuple(channels), layers_per_block=1,
+                         norm_num_groups=_groups(channels), sample_size=image_size,
+                         mid_block_add_attention=False)
+
+
+def make_toy_unet(sample_size: int = 16, in_channels: int = 4, channels=(64, 96, 128),
+                  cross_attention_dim: int = 128):
+    """Tiny text-conditioned ``UNet2DConditionModel``: cross-attention on every level but the last."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(channels)
+    down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
+    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+    g = _groups(channels)
+    return UNet2DConditionModel(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
+                                layers_per_block=1, block_out_channels=tuple(channels),
+                                down_block_types=down, up_block_types=up,
+                                cross_attention_dim=int(cross_attention_dim),
+                                attention_head_dim=max(1, channels[0] // 16 * 2) if channels[0] >= 16 else 1,
+                                norm_num_groups=g)
+
+
+def make_toy_scheduler():
+    """The DDIM sampler shipped with the toy backbones (SD's scaled-linear betas, epsilon)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                         beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                         prediction_type="epsilon")
+
+
+def train_toy_backbones(config: ToyBackboneConfig | None = None, output_dir="brainrecon-out/toy_backbones",
+                        evaluate: bool = True):
+    """Train every toy part from scratch into ``output_dir`` (resumable) and return the folder.
+
+    See :func:`brainrecon.backbones.toy_train.train_toy_backbones` for the full description;
+    this is the entry point of ``brainrecon backbones train --out DIR [--preset quick|default]``.
+    """
+    from .toy_train import train_toy_backbones as _train
+
+    return _train(config, output_dir, evaluate=evaluate)

@@ -1,0 +1,337 @@
+"""Train the toy backbones from scratch: toy CLIP, attribute classifier, VAE, U-Net.
+
+Order and hand-offs: the scenes are rendered once and kept in memory; toy CLIP is trained
+contrastively and frozen; the attribute classifier and the VAE train on the images; the
+VAE encodes every training image once (posterior mean and std cached) and sets its
+``scaling_factor`` to 1 / std of the latents; the U-Net trains as a latent diffusion
+model on those cached latents with the frozen text encoder's hidden states as
+cross-attention context, the caption replaced by ``""`` with probability ``cfg_dropout``.
+
+Every part trains with :func:`brainrecon.training.fit` and checkpoints under
+``OUT/checkpoints/<part>``; a finished part is recorded in ``OUT/records/<part>.json`` and
+skipped on a rerun, so ``train_toy_backbones(cfg, OUT)`` after a kill resumes where it was.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..io import atomic_dir, write_json
+from ..training import FitConfig, fit
+from .toy import (ToyBackboneConfig, make_toy_image_encoder, make_toy_scheduler, make_toy_text_encoder,
+                  make_toy_tokenizer, make_toy_unet, make_toy_vae)
+
+__all__ = ["train_toy_backbones"]
+
+_PARTS = ("clip", "attribute_classifier", "vae", "unet")
+
+
+class _ClipPair(nn.Module):
+    """Both toy-CLIP towers and the learned temperature, trained together."""
+
+    def __init__(self, text, vision):
+        super().__init__()
+        self.text, self.vision = text, vision
+        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+
+
+def _clip_pixels(x: torch.Tensor) -> torch.Tensor:
+    from .hub import _CLIP_MEAN, _CLIP_STD
+
+    mean = torch.tensor(_CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(_CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _sampler(n: int, batch_size: int, seed: int, part: int):
+    def idx(step: int) -> np.ndarray:
+        return np.random.default_rng([int(seed), int(part), int(step)]).integers(0, n, batch_size)
+    return idx
+
+
+def _fit_config(cfg: ToyBackboneConfig, steps: int, lr: float, desc: str, warmup: int) -> FitConfig:
+    return FitConfig(max_steps=steps, lr=lr, warmup_steps=min(warmup, max(1, steps // 10)),
+                     lr_schedule="cosine", grad_clip=1.0, checkpoint_every=cfg.checkpoint_every,
+                     seed=cfg.seed, progress=cfg.progress, desc=desc, weight_decay=0.01)
+
+
+def _summary(res, n: int = 50) -> dict:
+    k = max(1, min(n, len(res.history) // 5 or 1))
+    return {"steps": res.step, "wall_time_s": round(res.wall_time, 1), "resumed_from": res.resumed_from,
+            "loss_first": res.mean_loss(first=k), "loss_final": res.mean_loss(last=k)}
+
+
+# ------------------------------------------------------------------------------- parts
+def _train_clip(cfg, data, out: Path) -> dict:
+    tok = data["tokenizer"]
+    text = make_toy_text_encoder(len(tok), cfg.clip_width, cfg.clip_layers, cfg.clip_heads,
+                                 tok.model_max_length)
+    vision = make_toy_image_encoder(cfg.image_size, cfg.clip_width, cfg.clip_layers, cfg.clip_heads,
+                                    cfg.clip_patch_size)
+    model = _ClipPair(text, vision)
+    pick = _sampler(len(data["images"]), cfg.clip_batch_size, cfg.seed, 1)
+    images, ids = data["images"], data["ids"]
+
+    def batches(step):
+        i = pick(step)
+        return images[i].float() / 255, ids[i]
+
+    def loss_fn(m, batch, step):
+        x, t = batch
+        te = F.normalize(m.text(t).text_embeds, dim=-1)
+        ie = F.normalize(m.vision(pixel_values=_clip_pixels(x)).image_embeds, dim=-1)
+        logits = m.logit_scale.clamp(max=np.log(100)).exp() * te @ ie.T
+        target = torch.arange(len(te), device=te.device)
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        acc = (logits.argmax(1) == target).float().mean()
+        return loss, {"batch_top1": acc}
+
+    res = fit(model, loss_fn, batches, _fit_config(cfg, cfg.clip_steps, cfg.clip_lr, "toy CLIP", 100),
+              out / "checkpoints" / "clip")
+    m = res.model.cpu().eval()
+    for name, mod in (("text_encoder", m.text), ("image_encoder", m.vision)):
+        with atomic_dir(out / name) as d:
+            mod.save_pretrained(d)
+    s = _summary(res)
+    s["batch_top1_final"] = res.mean_loss(last=20, key="batch_top1")
+    return s
+
+
+def _train_attributes(cfg, data, out: Path) -> dict:
+    from ..data.scenes import CATEGORIES, COLOURS
+    from .attributes import AttributeClassifier, attribute_loss
+
+    model = AttributeClassifier(image_size=cfg.image_size, n_categories=len(CATEGORIES), n_colours=len(COLOURS),
+                                channels=tuple(cfg.attr_channels))
+    pick = _sampler(len(data["images"]), cfg.attr_batch_size, cfg.seed, 2)
+    images, cat, col, box = data["images"], data["category"], data["colour"], data["bbox_frac"]
+
+    def batches(step):
+        i = pick(step)
+        return images[i].float() / 255, cat[i], col[i], box[i]
+
+    def loss_fn(m, batch, step):
+        x, c, k, b = batch
+        # half the batch mildly blurred (3×3 binomial), so decoded / generated images are judged fairly
+        blur = torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5
+        k1 = torch.tensor([1.0, 2.0, 1.0], device=x.device)
+        kern = (k1[:, None] * k1[None, :] / 16).expand(3, 1, 3, 3)
+        xb = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kern, groups=3)
+        return attribute_loss(m(torch.where(blur, xb, x)), c, k, b)
+
+    res = fit(model, loss_fn, batches, _fit_config(cfg, cfg.attr_steps, cfg.attr_lr, "attribute classifier", 50),
+              out / "checkpoints" / "attribute_classifier")
+    with atomic_dir(out / "attribute_classifier") as d:
+        res.model.cpu().eval().save_pretrained(d)
+    return _summary(res)
+
+
+def _train_vae(cfg, data, out: Path) -> dict:
+    vae = make_toy_vae(cfg.image_size, tuple(cfg.vae_channels), cfg.vae_latent_channels)
+    pick = _sampler(len(data["images"]), cfg.vae_batch_size, cfg.seed, 3)
+    images = data["images"]
+
+    def batches(step):
+        return images[pick(step)].float() / 255
+
+    def loss_fn(m, x, step):
+        x = x * 2 - 1
+        post = m.encode(x).latent_dist
+        rec = m.decode(post.sample()).sample
+        mse = F.mse_loss(rec, x)
+        kl = post.kl().mean()
+        loss = mse + 0.1 * F.l1_loss(rec, x) + cfg.vae_kl_weight * kl
+        return loss, {"mse": mse.detach(), "kl": kl.detach()}
+
+    res = fit(vae, loss_fn, batches, _fit_config(cfg, cfg.vae_steps, cfg.vae_lr, "VAE", 100),
+              out / "checkpoints" / "vae")
+    vae = res.model.cpu().eval()
+    mean, std = _encode_all(vae, images)
+    scaling = float(1.0 / mean.std())
+    vae.register_to_config(scaling_factor=scaling)
+    with atomic_dir(out / "vae") as d:
+        vae.save_pretrained(d)
+    s = _summary(res)
+    s.update(mse_final=res.mean_loss(last=50, key="mse"), scaling_factor=scaling)
+    return s
+
+
+@torch.no_grad()
+def _encode_all(vae, images_u8: torch.Tensor, batch_size: int = 256):
+    means, stds = [], []
+    for i in range(0, len(images_u8), batch_size):
+        post = vae.encode(images_u8[i:i + batch_size].float() / 127.5 - 1).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def _train_unet(cfg, data, out: Path) -> dict:
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModelWithProjection
+
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    text = CLIPTextModelWithProjection.from_pretrained(out / "text_encoder").eval().requires_grad_(False)
+    mean, std = _encode_all(vae, data["images"])
+    sf = float(vae.config.scaling_factor)
+    unet = make_toy_unet(mean.shape[-1], mean.shape[1], tuple(cfg.unet_channels), text.config.hidden_size)
+    ddpm = DDPMScheduler.from_config(make_toy_scheduler().config)
+    ids, empty = data["ids"], data["empty_ids"]
+    pick = _sampler(len(mean), cfg.unet_batch_size, cfg.seed, 4)
+
+    def batches(step):
+        i = pick(step)
+        return mean[i], std[i], ids[i]
+
+    def loss_fn(m, batch, step):
+        mu, sd, t_ids = batch
+        z = (mu + sd * torch.randn_like(sd)) * sf
+        drop = torch.rand(len(z), device=z.device) < cfg.cfg_dropout
+        t_ids = torch.where(drop[:, None], empty.to(z.device)[None], t_ids)
+        text.to(z.device)
+        with torch.no_grad():
+            ehs = text(t_ids).last_hidden_state
+        noise = torch.randn_like(z)
+        t = torch.randint(0, ddpm.config.num_train_timesteps, (len(z),), device=z.device)
+        pred = m(ddpm.add_noise(z, noise, t), t, encoder_hidden_states=ehs).sample
+        return F.mse_loss(pred.float(), noise)
+
+    res = fit(unet, loss_fn, batches, _fit_config(cfg, cfg.unet_steps, cfg.unet_lr, "U-Net", 100),
+              out / "checkpoints" / "unet")
+    with atomic_dir(out / "unet") as d:
+        res.model.cpu().eval().save_pretrained(d)
+    return _summary(res)
+
+
+# ------------------------------------------------------------------------------- driver
+def _load_data(cfg: ToyBackboneConfig, tokenizer) -> dict:
+    from ..data.scenes import make_scenes
+
+    sc = make_scenes(cfg.n_train, image_size=cfg.image_size, seed=cfg.seed)
+    ids = tokenizer(sc.captions, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
+                      return_tensors="pt").input_ids[0]
+    return {"images": torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous(), "ids": ids,
+            "empty_ids": empty, "category": torch.from_numpy(sc.category),
+            "colour": torch.from_numpy(sc.colour),
+            "bbox_frac": torch.from_numpy(sc.bbox).float() / cfg.image_size, "tokenizer": tokenizer}
+
+
+def _write_metadata(cfg: ToyBackboneConfig, out: Path) -> None:
+    import diffusers
+    import transformers
+
+    write_json(out / "model_index.json", {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None], "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "requires_safety_checker": False, "safety_checker": [None, None],
+        "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"]})
+    write_json(out / "backbone.json", {
+        "name": "brainrecon toy backbones", "guidance_scale": cfg.guidance_scale,
+        "num_inference_steps": cfg.num_inference_steps, "image_size": cfg.image_size,
+        "text_hidden_states": "last_hidden_state (final layer norm)",
+        "images": "float (B,3,H,W) in [0,1]", "heldout_seed": cfg.heldout_seed, "train_seed": cfg.seed,
+        "versions": {"diffusers": diffusers.__version__, "transformers": transformers.__version__,
+                     "torch": torch.__version__}})
+
+
+def train_toy_backbones(config: ToyBackboneConfig | None = None, output_dir="brainrecon-out/toy_backbones",
+                        evaluate: bool = True) -> Path:
+    """Train every toy part from scratch into ``output_dir`` (resumable) and return it.
+
+    Parameters
+    ----------
+    config : ToyBackboneConfig, optional
+        Recipe; default :meth:`ToyBackboneConfig.default` (the shipped weights).
+    output_dir : path-like
+        Output folder, in diffusers' Stable Diffusion layout (``load_backbone(output_dir)``
+        loads it). Rerunning with the same folder resumes: finished parts are skipped and
+        an interrupted part continues from its latest checkpoint.
+    evaluate : bool
+        Compute the held-out figures into ``metrics.json`` and ``training_record.json``.
+
+    Returns
+    -------
+    Path
+        ``output_dir``, holding ``tokenizer/ text_encoder/ image_encoder/ vae/ unet/
+        scheduler/ attribute_classifier/ model_index.json backbone.json metrics.json
+        training_record.json`` and ``checkpoints/`` (resume state; not needed to load).
+    """
+    cfg = config or ToyBackboneConfig.default()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    old_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    t0 = time.perf_counter()
+    try:
+        tok = make_toy_tokenizer()
+        if not (out / "tokenizer" / "tokenizer.json").is_file():
+            with atomic_dir(out / "tokenizer") as d:
+                tok.save_pretrained(d)
+        if not (out / "scheduler" / "scheduler_config.json").is_file():
+            with atomic_dir(out / "scheduler") as d:
+                make_toy_scheduler().save_pretrained(d)
+        _write_metadata(cfg, out)
+        records = {}
+        todo = [p for p in _PARTS if not (out / "records" / f"{p}.json").is_file()]
+        data = _load_data(cfg, tok) if todo else None
+        train = {"clip": _train_clip, "attribute_classifier": _train_attributes, "vae": _train_vae,
+                 "unet": _train_unet}
+        for part in _PARTS:
+            rec_path = out / "records" / f"{part}.json"
+            if rec_path.is_file():
+                records[part] = json.loads(rec_path.read_text())
+                continue
+            t = time.perf_counter()
+            rec = train[part](cfg, data, out)
+            rec["part_wall_time_s"] = round(time.perf_counter() - t, 1)
+            write_json(rec_path, rec)
+            records[part] = rec
+        del data
+        record = {"config": asdict(cfg), "parts": records,
+                  "wall_time_s_this_run": round(time.perf_counter() - t0, 1),
+                  "wall_time_s_parts_total": round(sum(r.get("part_wall_time_s", 0) for r in records.values()), 1),
+                  "threads": torch.get_num_threads(), "platform": platform.platform(),
+                  "python": platform.python_version()}
+        if evaluate:
+            from .evaluate import evaluate_backbone
+            from .hub import load_backbone
+
+            te = time.perf_counter()
+            bb = load_backbone(out)
+            metrics = evaluate_backbone(bb, n_eval=cfg.n_eval, n_retrieval=cfg.n_retrieval,
+                                        n_generate=cfg.n_generate, heldout_seed=cfg.heldout_seed,
+                                        num_inference_steps=cfg.num_inference_steps, seed=cfg.seed)
+            metrics["eval_wall_time_s"] = round(time.perf_counter() - te, 1)
+            write_json(out / "metrics.json", metrics)
+            record["metrics"] = metrics
+        write_json(out / "training_record.json", record)
+    finally:
+        torch.set_num_threads(old_threads)
+    return out
+
+
+def copy_for_shipping(run_dir, dest) -> Path:
+    """Copy the loadable parts of a training run (no checkpoints) to ``dest``."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    with atomic_dir(dest) as d:
+        for name in ("tokenizer", "text_encoder", "image_encoder", "vae", "unet", "scheduler",
+                     "attribute_classifier"):
+            shutil.copytree(run_dir / name, d / name)
+        for f in ("model_index.json", "backbone.json", "metrics.json", "training_record.json"):
+            if (run_dir / f).is_file():
+                shutil.copy2(run_dir / f, d / f)
+    return dest
