@@ -1,0 +1,184 @@
+"""Pixel-level metrics and the resize chains of the published evaluation protocols.
+
+Protocols (``nsd_and_metrics.md`` §3):
+
+``"mindeye"`` (default; MindEye1/2)
+    Both image sets are resized to 256×256 (bilinear, torch tensor resize), then each
+    metric resizes again: 425 for PixCorr and SSIM, the network's own size for networks.
+``"neuropictor"``
+    As ``"mindeye"`` except the CLIP two-way resize is bicubic (NeuroPictor ``eval_metrics.py``).
+``"brain-diffuser"``
+    Reconstructions are rounded to 8-bit and PIL-resized (bicubic) to 425 for PixCorr/SSIM
+    and to 224 for every network; SSIM is the column-wise 1-D SSIM that scikit-image ≤0.19
+    computed for ``multichannel=True`` on grayscale images; EffNet-B uses the V1 weights.
+
+Images may be given as ``(N, H, W, 3)`` uint8 / float arrays or ``(N, 3, H, W)`` float
+tensors in ``[0, 1]``; :func:`as_tensor` turns any of them into ``(N, 3, H, W)`` float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidInputError, check_choice, check_finite
+
+__all__ = ["PROTOCOLS", "as_tensor", "resize", "protocol_base", "pixcorr", "pixcorr_per_image", "ssim",
+           "ssim_per_image", "pil_resize"]
+
+PROTOCOLS = ("mindeye", "neuropictor", "brain-diffuser")
+#: torchvision ≤0.16 tensor ``Resize`` did not antialias (MindEye's environments); see §3.0.
+DEFAULT_ANTIALIAS = False
+
+
+def as_tensor(images, name: str = "images") -> torch.Tensor:
+    """``(N, 3, H, W)`` float32 tensor in [0, 1] from uint8/float, NHWC/NCHW, numpy/torch.
+
+    Float values are clamped to [0, 1] (MindEye clamps reconstructions); NaN/Inf are refused.
+    """
+    if isinstance(images, (list, tuple)):
+        images = np.stack([np.asarray(i) for i in images])
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise InvalidInputError(f"{name} must be a batch of RGB images, (N, H, W, 3) or (N, 3, H, W); "
+                                f"got shape {tuple(x.shape)}.")
+    if x.shape[1] != 3 and x.shape[-1] == 3:
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] != 3:
+        raise InvalidInputError(f"{name} must have 3 colour channels; got shape {tuple(x.shape)}.")
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0).contiguous()
+    x = x.detach().to(torch.float32)
+    check_finite(x, name)
+    return x.clamp(0, 1).contiguous()
+
+
+def resize(x: torch.Tensor, size: int, mode: str = "bilinear", antialias: bool = DEFAULT_ANTIALIAS,
+           batch_size: int = 64) -> torch.Tensor:
+    """torchvision's tensor ``Resize((size, size))``: ``F.interpolate`` without corner alignment.
+
+    A no-op when the images already have that size (as torchvision's is, numerically).
+    """
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    kw = dict(size=(size, size), mode=mode, align_corners=False, antialias=antialias)
+    out = [F.interpolate(x[i:i + batch_size], **kw) for i in range(0, len(x), batch_size)]
+    out = torch.cat(out) if out else x.new_zeros((0, 3, size, size))
+    return out.clamp(0, 1) if mode == "bicubic" else out
+
+
+def pil_resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """brain-diffuser's resize: 8-bit RGB, ``PIL.Image.resize((size, size))`` (bicubic), then /255."""
+    from PIL import Image
+
+    u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    out = np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) for a in u8])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0
+
+
+def protocol_base(x: torch.Tensor, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS) -> torch.Tensor:
+    """The common first step of a protocol: 256×256 bilinear (MindEye) or unchanged (brain-diffuser)."""
+    check_choice("protocol", protocol, PROTOCOLS)
+    return x if protocol == "brain-diffuser" else resize(x, 256, "bilinear", antialias)
+
+
+def _to_metric_size(x: torch.Tensor, protocol: str, antialias: bool, size: int = 425) -> torch.Tensor:
+    if protocol == "brain-diffuser":
+        return pil_resize(x, size)
+    return resize(x, size, "bilinear", antialias)
+
+
+def _check_pairs(rec: torch.Tensor, gt: torch.Tensor) -> None:
+    if len(rec) != len(gt):
+        raise InvalidInputError(f"reconstructions and targets must pair up one to one; got {len(rec)} "
+                                f"reconstructions and {len(gt)} targets.")
+    if len(rec) == 0:
+        raise InvalidInputError("no images were given.")
+
+
+def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(1) / den
+
+
+def pixcorr_per_image(reconstructions, targets, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS,
+                      batch_size: int = 32, _based: bool = False) -> np.ndarray:
+    """Per-image PixCorr: Pearson r over all RGB values at 425×425 (§3.1), shape (N,).
+
+    Parameters
+    ----------
+    reconstructions, targets : array-like
+        Paired images (see :func:`as_tensor`).
+    protocol : {"mindeye", "neuropictor", "brain-diffuser"}
+    antialias : bool
+        Antialiasing of the tensor resizes (False = torchvision ≤0.16, as published).
+    """
+    rec, gt = (reconstructions, targets) if _based else _prepare(reconstructions, targets, protocol, antialias)
+    out = []
+    for i in range(0, len(rec), batch_size):
+        a = _to_metric_size(gt[i:i + batch_size], protocol, antialias).flatten(1).double().numpy()
+        b = _to_metric_size(rec[i:i + batch_size], protocol, antialias).flatten(1).double().numpy()
+        out.append(_rowwise_pearson(a, b))
+    return np.concatenate(out)
+
+
+def pixcorr(reconstructions, targets, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS) -> float:
+    """PixCorr (mean of :func:`pixcorr_per_image`); 1 for identical images, higher is better."""
+    return float(np.mean(pixcorr_per_image(reconstructions, targets, protocol, antialias)))
+
+
+def _prepare(reconstructions, targets, protocol, antialias):
+    rec, gt = as_tensor(reconstructions, "reconstructions"), as_tensor(targets, "targets")
+    _check_pairs(rec, gt)
+    return protocol_base(rec, protocol, antialias), protocol_base(gt, protocol, antialias)
+
+
+def _gray(x: torch.Tensor) -> np.ndarray:
+    """skimage ``rgb2gray`` (0.2125 R + 0.7154 G + 0.0721 B) of (N, 3, H, W) -> (N, H, W) float64."""
+    w = np.array([0.2125, 0.7154, 0.0721])
+    return np.tensordot(w, x.double().numpy(), axes=([0], [1]))
+
+
+def ssim_per_image(reconstructions, targets, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS,
+                   columnwise: bool | None = None, batch_size: int = 32, _based: bool = False) -> np.ndarray:
+    """Per-image SSIM of grayscale 425×425 images, scikit-image's Gaussian SSIM (§3.2), shape (N,).
+
+    Parameters
+    ----------
+    reconstructions, targets : array-like
+    protocol : {"mindeye", "neuropictor", "brain-diffuser"}
+    antialias : bool
+    columnwise : bool, optional
+        Column-wise 1-D SSIM (scikit-image ≤0.19 with ``multichannel=True``). Default: only
+        for ``protocol="brain-diffuser"``; otherwise true 2-D SSIM (``channel_axis=None``).
+
+    Notes
+    -----
+    ``structural_similarity(rec, gt, gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1.0)``, exactly as MindEye/NeuroPictor call it.
+    """
+    from skimage.metrics import structural_similarity
+
+    if columnwise is None:
+        columnwise = protocol == "brain-diffuser"
+    rec, gt = (reconstructions, targets) if _based else _prepare(reconstructions, targets, protocol, antialias)
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+    if columnwise:
+        kw["channel_axis"] = -1
+    out = []
+    for i in range(0, len(rec), batch_size):
+        g = _gray(_to_metric_size(gt[i:i + batch_size], protocol, antialias))
+        r = _gray(_to_metric_size(rec[i:i + batch_size], protocol, antialias))
+        out += [structural_similarity(r[k], g[k], **kw) for k in range(len(r))]
+    return np.asarray(out, dtype=np.float64)
+
+
+def ssim(reconstructions, targets, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS,
+         columnwise: bool | None = None) -> float:
+    """SSIM (mean of :func:`ssim_per_image`); 1 for identical images, higher is better."""
+    return float(np.mean(ssim_per_image(reconstructions, targets, protocol, antialias, columnwise)))
