@@ -40,6 +40,26 @@ REAL_FILES = {
 }
 
 
+def _calibrate_batch_norm(net):
+    """Set BatchNorm running statistics from one batch, so random networks keep unit-scale activations.
+
+    (With torchvision's default running stats, a random EfficientNet's pooled features are ~1e-14.)
+    """
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return net
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                       # cumulative average: one batch gives its exact statistics
+    net.train()
+    with torch.no_grad():
+        side = 299 if isinstance(net, __import__("torchvision").models.Inception3) else 160
+        net(torch.rand(3, 3, side, side))
+    for m in bns:
+        m.momentum = 0.1
+    return net.eval()
+
+
 def write_fake_real_weights(folder, which=("alexnet", "inception", "effnet", "swav", "clip"), seed: int = 0) -> Path:
     """Random-init torchvision networks saved as the files brainrecon looks for, plus a tiny HF CLIP folder.
 
@@ -61,7 +81,8 @@ def write_fake_real_weights(folder, which=("alexnet", "inception", "effnet", "sw
                 patch_size=32, projection_dim=24)).save_pretrained(folder / "clip-vit-large-patch14")
             continue
         arch, kw, name = REAL_FILES[key]
-        sd = {k: v.contiguous() for k, v in getattr(tvm, arch)(weights=None, **kw).state_dict().items()}
+        net = _calibrate_batch_norm(getattr(tvm, arch)(weights=None, **kw))
+        sd = {k: v.contiguous() for k, v in net.state_dict().items()}
         if key == "swav":
             sd = {f"module.{k}": v for k, v in sd.items() if not k.startswith("fc.")}
             sd["module.projection_head.0.weight"] = torch.randn(8, 2048)

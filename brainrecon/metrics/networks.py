@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, check_choice
 from .lowlevel import DEFAULT_ANTIALIAS, pil_resize, protocol_base, resize

@@ -262,7 +262,7 @@ def evaluate_folder(results_dir, out=None, feature_set="auto", weights_dir=None,
         write_json(out, {"metrics": metrics_dict(table), "table": table.to_dict(orient="records"),
                          "results_dir": str(results_dir), "method": meta.get("method"), "world": meta.get("world"),
                          "subject": meta.get("subject"), "n": len(res), "protocol": protocol,
-                         "feature_set": next((v for v in table.feature_set if v), None),
+                         "feature_set": next(iter(table.feature_set.dropna()), None),
                          "seconds": time.perf_counter() - t})
     return table
 
