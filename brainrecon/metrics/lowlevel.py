@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import InvalidInputError, check_choice, check_finite
 
 __all__ = ["PROTOCOLS", "as_tensor", "resize", "protocol_base", "pixcorr", "pixcorr_per_image", "ssim",
-           "ssim_per_image", "pil_resize"]
+           "ssim_per_image", "lowlevel_per_image", "pil_resize"]
 
 PROTOCOLS = ("mindeye", "neuropictor", "brain-diffuser")
 #: torchvision ≤0.16 tensor ``Resize`` did not antialias (MindEye's environments); see §3.0.
@@ -98,12 +98,40 @@ def _check_pairs(rec: torch.Tensor, gt: torch.Tensor) -> None:
         raise InvalidInputError("no images were given.")
 
 
-def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (a * b).sum(1) / den
+def _rowwise_pearson(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Pearson r of matching rows, in float64 (as ``np.corrcoef`` per pair)."""
+    a, b = a.flatten(1).double(), b.flatten(1).double()     # fresh copies: centred in place
+    a -= a.mean(1, keepdim=True)
+    b -= b.mean(1, keepdim=True)
+
+    def dot(u, v):                                           # row-wise dot products without a product array
+        return torch.bmm(u[:, None, :], v[:, :, None]).view(-1)
+
+    return (dot(a, b) / (dot(a, a) * dot(b, b)).sqrt()).numpy()
+
+
+def lowlevel_per_image(reconstructions, targets, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS,
+                       columnwise: bool | None = None, batch_size: int = 32, _based: bool = False,
+                       want=("pixcorr", "ssim")) -> dict:
+    """PixCorr and SSIM per image from one 425×425 resize per batch: ``{"pixcorr": (N,), "ssim": (N,)}``."""
+    from skimage.metrics import structural_similarity
+
+    if columnwise is None:
+        columnwise = protocol == "brain-diffuser"
+    rec, gt = (reconstructions, targets) if _based else _prepare(reconstructions, targets, protocol, antialias)
+    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+    if columnwise:
+        kw["channel_axis"] = -1
+    out = {k: [] for k in want}
+    for i in range(0, len(rec), batch_size):
+        g = _to_metric_size(gt[i:i + batch_size], protocol, antialias)
+        r = _to_metric_size(rec[i:i + batch_size], protocol, antialias)
+        if "pixcorr" in out:
+            out["pixcorr"].append(_rowwise_pearson(g, r))
+        if "ssim" in out:
+            gg, rg = _gray(g), _gray(r)
+            out["ssim"].append(np.array([structural_similarity(rg[k], gg[k], **kw) for k in range(len(rg))]))
+    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
 def pixcorr_per_image(reconstructions, targets, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS,
@@ -118,13 +146,8 @@ def pixcorr_per_image(reconstructions, targets, protocol: str = "mindeye", antia
     antialias : bool
         Antialiasing of the tensor resizes (False = torchvision ≤0.16, as published).
     """
-    rec, gt = (reconstructions, targets) if _based else _prepare(reconstructions, targets, protocol, antialias)
-    out = []
-    for i in range(0, len(rec), batch_size):
-        a = _to_metric_size(gt[i:i + batch_size], protocol, antialias).flatten(1).double().numpy()
-        b = _to_metric_size(rec[i:i + batch_size], protocol, antialias).flatten(1).double().numpy()
-        out.append(_rowwise_pearson(a, b))
-    return np.concatenate(out)
+    return lowlevel_per_image(reconstructions, targets, protocol, antialias, batch_size=batch_size, _based=_based,
+                              want=("pixcorr",))["pixcorr"]
 
 
 def pixcorr(reconstructions, targets, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS) -> float:
@@ -140,8 +163,8 @@ def _prepare(reconstructions, targets, protocol, antialias):
 
 def _gray(x: torch.Tensor) -> np.ndarray:
     """skimage ``rgb2gray`` (0.2125 R + 0.7154 G + 0.0721 B) of (N, 3, H, W) -> (N, H, W) float64."""
-    w = np.array([0.2125, 0.7154, 0.0721])
-    return np.tensordot(w, x.double().numpy(), axes=([0], [1]))
+    x = x.double()
+    return (0.2125 * x[:, 0] + 0.7154 * x[:, 1] + 0.0721 * x[:, 2]).numpy()
 
 
 def ssim_per_image(reconstructions, targets, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS,
@@ -162,20 +185,8 @@ def ssim_per_image(reconstructions, targets, protocol: str = "mindeye", antialia
     ``structural_similarity(rec, gt, gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, data_range=1.0)``, exactly as MindEye/NeuroPictor call it.
     """
-    from skimage.metrics import structural_similarity
-
-    if columnwise is None:
-        columnwise = protocol == "brain-diffuser"
-    rec, gt = (reconstructions, targets) if _based else _prepare(reconstructions, targets, protocol, antialias)
-    kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
-    if columnwise:
-        kw["channel_axis"] = -1
-    out = []
-    for i in range(0, len(rec), batch_size):
-        g = _gray(_to_metric_size(gt[i:i + batch_size], protocol, antialias))
-        r = _gray(_to_metric_size(rec[i:i + batch_size], protocol, antialias))
-        out += [structural_similarity(r[k], g[k], **kw) for k in range(len(r))]
-    return np.asarray(out, dtype=np.float64)
+    return lowlevel_per_image(reconstructions, targets, protocol, antialias, columnwise, batch_size, _based,
+                              want=("ssim",))["ssim"]
 
 
 def ssim(reconstructions, targets, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS,
