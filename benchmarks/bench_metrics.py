@@ -63,6 +63,10 @@ def bench_toy(n: int, quick: bool) -> dict:
     total = time.perf_counter() - t
     per = {r.metric: {"seconds": round(r.seconds, 4), "images_per_s": round(n / r.seconds, 1) if r.seconds else None}
            for r in table.itertuples()}
+    from brainrecon.metrics import FEATURE_NAMES, ToyFeatureSet
+
+    feature_pass = _per_network(ToyFeatureSet(bb), torch.from_numpy(world.scenes.images[world.test_images])
+                                .permute(0, 3, 1, 2).float() / 255, FEATURE_NAMES)
     # baselines on the same 425x425 arrays the suite correlates
     res = load_results(folder)
     a = resize(protocol_base(as_tensor(res.targets)), 425).flatten(1).double().numpy()
@@ -79,8 +83,22 @@ def bench_toy(n: int, quick: bool) -> dict:
     bare_ss = (time.perf_counter() - t) * n / m
     return {"n": n, "toy_backbone": which, "world_build_s": round(world_s, 2), "suite_total_s": round(total, 2),
             "suite_images_per_s": round(n / total, 1), "per_metric": per,
-            "baseline_bare_corrcoef_loop_s": round(bare_pc, 3), "baseline_bare_skimage_ssim_loop_s": round(bare_ss, 3),
+            "feature_pass_images_per_s": feature_pass, "baseline_bare_corrcoef_loop_s": round(bare_pc, 3), "baseline_bare_skimage_ssim_loop_s": round(bare_ss, 3),
             "metrics": {r.metric: round(float(r.value), 4) for r in table.itertuples()}}
+
+
+def _per_network(fs, images: torch.Tensor, names) -> dict:
+    """Images/s of each network's feature pass alone (reconstructions and targets = 2 passes of ``images``)."""
+    from brainrecon.metrics.lowlevel import protocol_base
+
+    x = protocol_base(images, fs.protocol)
+    fs.extract(x[:2], names, based=True)                      # load the networks, warm up
+    out = {}
+    for n in names:
+        t = time.perf_counter()
+        fs.extract(x, (n,), based=True)
+        out[n] = round(len(x) / (time.perf_counter() - t), 1)
+    return out
 
 
 def _write_random_real_weights(folder: Path) -> None:
@@ -118,7 +136,11 @@ def bench_real(n: int, size: int, device: str) -> dict:
     table = evaluate(rec, gt, feature_set=fs, metrics=["pixcorr", "ssim", "alexnet2", "alexnet5", "inception",
                                                        "clip", "effnet", "swav"])
     total = time.perf_counter() - t
+    from brainrecon.metrics import FEATURE_NAMES
+
+    feature_pass = _per_network(fs, gt, FEATURE_NAMES)
     return {"n": n, "size": size, "device": device, "write_random_weights_s": round(write_s, 1),
+            "feature_pass_images_per_s": feature_pass,
             "suite_total_s": round(total, 2), "suite_images_per_s": round(n / total, 1),
             "per_metric": {r.metric: {"seconds": round(r.seconds, 3),
                                       "images_per_s": round(n / r.seconds, 1) if r.seconds else None}

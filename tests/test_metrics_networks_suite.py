@@ -52,6 +52,10 @@ def test_full_suite_on_real_feature_set(weights_dir, pairs):  # noqa: F811
     same = evaluate(gt, gt, feature_set="real", weights_dir=weights_dir, metrics=["alexnet5"])
     assert list(same.value) == [1.0]
     assert make_feature_set("real", weights_dir=weights_dir).kind == "real"
+    # by default the suite leaves out n-way when the classifier's weights are absent (no ViT-H/14 here)
+    from brainrecon.metrics.suite import _has_classifier
+
+    assert not _has_classifier(RealFeatureSet(weights_dir))
 
 
 def test_brain_diffuser_protocol_feeds_224_pil_inputs(weights_dir, pairs):  # noqa: F811

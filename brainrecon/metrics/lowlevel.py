@@ -100,7 +100,8 @@ def _check_pairs(rec: torch.Tensor, gt: torch.Tensor) -> None:
 
 def _rowwise_pearson(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """Pearson r of matching rows, in float64 (as ``np.corrcoef`` per pair)."""
-    a, b = a.flatten(1).double(), b.flatten(1).double()     # fresh copies: centred in place
+    a = a.flatten(1).to(torch.float64, copy=True)            # fresh copies: centred in place
+    b = b.flatten(1).to(torch.float64, copy=True)
     a -= a.mean(1, keepdim=True)
     b -= b.mean(1, keepdim=True)
 

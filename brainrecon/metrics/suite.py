@@ -57,7 +57,8 @@ def evaluate(reconstructions, targets, *, feature_set="auto", weights_dir=None, 
     protocol : {"mindeye", "neuropictor", "brain-diffuser"}
     metrics : sequence of str, optional
         Subset of ``pixcorr, ssim, alexnet2, alexnet5, inception, clip, effnet, swav,
-        retrieval, brain, nway, attributes``. Default: every metric whose inputs are given.
+        retrieval, brain, nway, attributes``. Default: every metric whose inputs are given
+        and whose networks are found (n-way needs the classifier; attributes the toy one).
     brain_embeddings, image_embeddings : array (N, ...), optional
         Retrieval: brain-predicted embeddings and the targets' embeddings in the same space
         (``image_embeddings`` default: the feature set's CLIP embedding of the targets).
@@ -101,6 +102,11 @@ def evaluate(reconstructions, targets, *, feature_set="auto", weights_dir=None, 
             "retrieval" in wanted and image_embeddings is None):
         fs = make_feature_set(feature_set, weights_dir, weights, backbone, protocol, device, batch_size)
     fs_kind = getattr(fs, "kind", None)
+    if metrics is None and fs is not None:          # by default, leave out what this feature set cannot answer
+        if "nway" in wanted and not _has_classifier(fs):
+            wanted.remove("nway")
+        if "attributes" in wanted and getattr(fs, "attribute_classifier", None) is None:
+            wanted.remove("attributes")
 
     def add(key, values=None, value=None, ci=None, extra_label=None, timing=0.0, chance=None):
         label, group, hib, ch = METRIC_INFO.get(key, (key, "brain", True, None))
@@ -172,6 +178,18 @@ def evaluate(reconstructions, targets, *, feature_set="auto", weights_dir=None, 
     if return_per_image:
         return table, pd.DataFrame(per_image)
     return table
+
+
+def _has_classifier(fs) -> bool:
+    if getattr(fs, "kind", None) == "toy":
+        return getattr(fs, "attribute_classifier", None) is not None
+    try:
+        from .networks import find_weights
+
+        find_weights(fs.spec("vit_h_14"), fs.weights, fs.weights_dir)
+        return True
+    except Exception:  # noqa: BLE001 - any failure: no classifier
+        return False
 
 
 def _wanted(metrics, brain_embeddings, encoder, measured, attributes) -> list:
