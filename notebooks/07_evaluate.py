@@ -97,7 +97,7 @@ save_figure(fig, out / "metrics.png")
 fig
 
 # %%
-fig = plot_reconstruction_grid(results.targets, {"reconstruction": results.reconstructions}, n=N_SHOW,
+fig = plot_reconstruction_grid({"reconstruction": results.reconstructions}, results.targets, n=N_SHOW,
                                seed=SEED)
 save_figure(fig, out / "reconstructions.png")
 fig

@@ -119,7 +119,7 @@ def test_cli_function_and_plots(tmp_path, toy_bb, world, capsys, monkeypatch):
                       return_per_image=True)
     assert per.shape == (6, 9)                       # 8 standard metrics + n-way
     assert isinstance(plot_metrics({"a": t, "b": t}), Figure)
-    assert isinstance(plot_reconstruction_grid(world.scenes.images[:6], {"rec": world.scenes.images[6:12]}, n=4,
+    assert isinstance(plot_reconstruction_grid({"rec": world.scenes.images[6:12]}, world.scenes.images[:6], n=4,
                                                scores=per["clip"].to_numpy()), Figure)
 
 
@@ -130,3 +130,19 @@ def test_errors_for_people(tmp_path):
         evaluate(np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8, 3)), metrics=["psnr"])
     with pytest.raises(InvalidInputError, match="at least 2"):
         evaluate(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)), metrics=["pixcorr"])
+
+
+def test_nsd_style_folder_with_measured_responses_and_a_user_encoder(tmp_path, toy_bb, world):
+    imgs = world.scenes.images[:8]
+    def encoder(x):                                   # any callable images -> (N, V) will do
+        return x.mean(1).flatten(1)[:, ::64].numpy()
+
+    meas = encoder(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255)
+    regions = {"left": np.arange(meas.shape[1]) % 2 == 0, "right": np.arange(meas.shape[1]) % 2 == 1}
+    out = save_results(tmp_path / "nsd", imgs, imgs, world="nsd", measured=meas, regions=regions)
+    with pytest.warns(UserWarning, match="no encoding model"):
+        t = evaluate_folder(out, out=False, feature_set="toy", backbone=toy_bb, metrics=["pixcorr"])
+    assert list(t.metric) == ["pixcorr"]
+    t = evaluate_folder(out, out=False, feature_set="toy", backbone=toy_bb, metrics=["brain"], encoder=encoder)
+    assert list(t.metric) == ["brain_corr_left", "brain_corr_right"]
+    assert np.allclose(t.value, 1.0)

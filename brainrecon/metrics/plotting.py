@@ -61,15 +61,16 @@ def plot_metrics(tables, ncols: int = 4, title: str | None = None):
     return fig
 
 
-def plot_reconstruction_grid(targets, reconstructions, n: int = 8, scores=None, titles=None, seed=None):
+def plot_reconstruction_grid(reconstructions, targets, n: int = 8, scores=None, titles=None, seed=None):
     """Targets in the top row, one row per set of reconstructions below, one column per image.
 
     Parameters
     ----------
+    reconstructions : array-like or dict of array-like
+        One set, or ``{row name: set}`` for several methods / samples (argument order as
+        :func:`brainrecon.metrics.evaluate`).
     targets : array-like
         Seen images (any form :func:`brainrecon.metrics.as_tensor` takes).
-    reconstructions : array-like or dict of array-like
-        One set, or ``{row name: set}`` for several methods / samples.
     n : int
         Number of columns (images).
     scores : array (N,) or dict of arrays, optional

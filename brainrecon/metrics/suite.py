@@ -272,6 +272,10 @@ def evaluate_folder(results_dir, out=None, feature_set="auto", weights_dir=None,
         kw["measured"] = toy_measured(world, meta["subject"], meta["image_ids"])
         kw["regions"] = toy_regions(world, meta["subject"])
     if "measured" in kw and "encoder" not in kw:
+        import warnings
+
+        warnings.warn(f"{results_dir} holds measured responses but no encoding model was given; brain "
+                      "correlation is left out (pass encoder=..., e.g. a fitted RidgeEncodingModel).", stacklevel=2)
         kw.pop("measured"), kw.pop("regions", None)
     t = time.perf_counter()
     table = evaluate(res.reconstructions, res.targets, feature_set=feature_set, weights_dir=weights_dir,
