@@ -334,7 +334,10 @@ class RealFeatureSet:
 
 def make_feature_set(feature_set="auto", weights_dir=None, weights=None, backbone="toy", protocol="mindeye",
                      device="cpu", batch_size: int = 32):
-    """A feature set by name: ``"real"``, ``"toy"`` or ``"auto"`` (real if every file is found, else toy).
+    """A feature set by name: ``"real"``, ``"toy"`` or ``"auto"``.
+
+    ``"auto"`` is real when every file of :data:`FEATURE_NAMES` is found and torchvision
+    imports, else toy.
 
     A :class:`RealFeatureSet` / :class:`ToyFeatureSet` instance is returned unchanged.
     """
@@ -346,5 +349,12 @@ def make_feature_set(feature_set="auto", weights_dir=None, weights=None, backbon
         if feature_set == "real":
             return real
         if all(isinstance(p, Path) for p in real.available().values()):
-            return real
+            try:
+                _torchvision()
+                return real
+            except ImportError as e:
+                import warnings
+
+                warnings.warn(f"the real networks' weights were found but cannot run ({e}); using the toy "
+                              "feature set.", stacklevel=2)
     return ToyFeatureSet(backbone, protocol, device)
