@@ -107,7 +107,7 @@ class ToyBackboneConfig:
     clip_lr: float = 1e-3
     vae_channels: tuple = (16, 32, 64)
     vae_latent_channels: int = 16
-    vae_steps: int = 1500
+    vae_steps: int = 3000
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
