@@ -112,7 +112,7 @@ class ToyBackboneConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     unet_channels: tuple = (32, 64, 64)
-    unet_steps: int = 3000
+    unet_steps: int = 5000
     unet_batch_size: int = 64
     unet_lr: float = 1e-3
     cfg_dropout: float = 0.1
