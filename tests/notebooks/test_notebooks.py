@@ -21,6 +21,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 SMOKE: dict[str, dict] = {
     "00_toyworld.py": {"PRESET": "smoke", "SEED": 3, "N_SUBJECTS": 8, "RESOLUTION": 64},
     "01_flatmaps.py": {"PRESET": "smoke", "RESOLUTION": 64, "SUBJECT": "subj02", "SHOW_NSD": True},
+    "02_toy_backbones.py": {"N_EVAL": 32, "N_RETRIEVAL": 100, "N_GENERATE": 32, "NUM_INFERENCE_STEPS": 15,
+                            "N_SHOW": 4, "GUIDANCE_SCALES": [0.0, 5.0]},
+    "07_evaluate.py": {"N_IMAGES": 24, "FEATURE_SET": "toy"},
 }
 
 
@@ -100,3 +103,33 @@ def test_01_flatmaps(tmp_path):
     assert m["nsd_map_shape"] == [4, 1, 64, 64]
     for fig in m["figures"]:
         assert (tmp_path / "01_flatmaps" / fig).is_file()
+
+
+@pytest.mark.notebook
+def test_02_toy_backbones(tmp_path):
+    m = run_notebook("02_toy_backbones.py", tmp_path)
+    assert m["image_size"] == 32
+    # the shipped VAE, toy CLIP and attribute classifier on held-out toy images
+    assert m["vae_psnr_db"] >= 24
+    assert m["clip_caption_to_image_top1"] >= 0.9          # chance: 1/100
+    assert m["attr_classifier_category_acc"] >= 0.7 and m["attr_classifier_colour_acc"] >= 0.8
+    # guidance makes the caption's colour show
+    assert m["t2i_colour_gs5"] >= m["t2i_colour_gs0"] + 0.3
+    for fig in ("vae_reconstructions.png", "samples.png"):
+        assert (tmp_path / "02_toy_backbones" / fig).is_file()
+
+
+@pytest.mark.notebook
+def test_07_evaluate(tmp_path):
+    m = run_notebook("07_evaluate.py", tmp_path)
+    ident, shuf, rec = m["identity"], m["shuffled"], m["metrics"]
+    assert m["n"] == 24 and m["feature_set"] == "toy"
+    for k in ("pixcorr", "ssim", "alexnet2", "alexnet5", "inception", "clip"):
+        assert ident[k] == pytest.approx(1.0, abs=1e-6), k
+    for k in ("effnet", "swav"):
+        assert ident[k] == pytest.approx(0.0, abs=1e-6), k
+    for k in ("alexnet2", "alexnet5", "inception", "clip"):
+        assert 0.25 <= shuf[k] <= 0.75, k                  # chance is 0.5
+        assert rec[k] > shuf[k], k                         # degraded but paired beats shuffled
+    assert 0.3 < rec["pixcorr"] < 0.95
+    assert rec["brain_corr_visual"] > 0
