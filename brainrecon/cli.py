@@ -30,6 +30,7 @@ examples:
   brainrecon toyworld --preset smoke --out /tmp/tw  a seconds-sized world for trying things
   brainrecon card nsd                               how to lay out NSD for brainrecon
   brainrecon info                                   versions and what brainrecon can find
+  brainrecon evaluate runs/recon                    the field's metrics on a results folder
 """
 
 
@@ -74,6 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=("quick", "default"), default="default",
                    help="'quick' trains in seconds (tests); 'default' is the shipped recipe")
     t.add_argument("--seed", type=int, default=None)
+
+    p = sub.add_parser(
+        "evaluate", formatter_class=fmt, help="score a folder of reconstructions with the field's metrics",
+        description=textwrap.dedent("""\
+            Score a results folder (reconstructions.npy + targets.npy, optional image_ids,
+            brain embeddings, measured responses; see data_cards/metrics.md) with PixCorr,
+            SSIM, two-way identification, EffNet/SwAV distances, retrieval, brain correlation
+            and toy attribute scores. Prints the table and writes metrics.json.
+            Real networks load from --weights (never downloaded); without them the toy
+            feature set stands in (documented mapping in the card)."""))
+    p.add_argument("results_dir", metavar="DIR", help="results folder")
+    p.add_argument("--weights", default=None, metavar="FOLDER",
+                   help="folder with the real networks' weights (data_cards/metrics.md)")
+    p.add_argument("--out", default=None, help="where to write the JSON (default: DIR/metrics.json)")
+    p.add_argument("--feature-set", dest="feature_set", choices=("auto", "real", "toy"), default="auto",
+                   help="'real' networks, the 'toy' CLIP stand-ins, or 'auto' (real when weights load)")
+    p.add_argument("--protocol", choices=("mindeye", "neuropictor", "brain-diffuser"), default="mindeye",
+                   help="resize chain and SSIM variant of the low-level metrics (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device for the networks (default: %(default)s)")
     return parser
 
 
@@ -167,8 +187,14 @@ def _cmd_backbones(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from .metrics import run_evaluate_cli
+
+    return run_evaluate_cli(args)
+
+
 _COMMANDS = {"toyworld": _cmd_toyworld, "card": _cmd_card, "info": _cmd_info,
-             "backbones": _cmd_backbones}
+             "backbones": _cmd_backbones, "evaluate": _cmd_evaluate}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -146,3 +146,23 @@ def test_nsd_style_folder_with_measured_responses_and_a_user_encoder(tmp_path, t
     t = evaluate_folder(out, out=False, feature_set="toy", backbone=toy_bb, metrics=["brain"], encoder=encoder)
     assert list(t.metric) == ["brain_corr_left", "brain_corr_right"]
     assert np.allclose(t.value, 1.0)
+
+
+def test_cli_evaluate_command(tmp_path, toy_bb, world, capsys, monkeypatch):
+    """``brainrecon evaluate DIR`` parses its flags, scores the folder and refuses a missing one."""
+    import json
+
+    import brainrecon.metrics.networks as nw
+    from brainrecon.cli import main
+
+    monkeypatch.setattr(nw, "ToyFeatureSet", lambda *a, **k: ToyFeatureSet(toy_bb))
+    out = save_results(tmp_path / "r", world.scenes.images[:6], world.scenes.images[:6], method="identity",
+                       world="nsd")
+    assert main(["evaluate", str(out), "--feature-set", "toy", "--protocol", "brain-diffuser",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    assert "PixCorr" in capsys.readouterr().out
+    m = json.loads((tmp_path / "m.json").read_text())
+    flat = json.dumps(m)
+    assert "pixcorr" in flat and "brain-diffuser" in flat
+    assert main(["evaluate", str(tmp_path / "nowhere"), "--feature-set", "toy"]) == 2
+    assert "nowhere" in capsys.readouterr().err
