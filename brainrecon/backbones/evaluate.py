@@ -15,8 +15,10 @@ __all__ = ["heldout_scenes", "vae_psnr", "clip_retrieval", "attribute_accuracy",
 
 
 def images_to_tensor(images_u8: np.ndarray) -> torch.Tensor:
-    """``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float() / 255.0
+    """``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float in [0, 1] (:func:`brainrecon.metrics.as_tensor`)."""
+    from ..metrics.lowlevel import as_tensor
+
+    return as_tensor(images_u8)
 
 
 def heldout_scenes(n: int, image_size: int = 64, seed: int = 10_000):
@@ -52,16 +54,20 @@ def clip_retrieval(backbone, images: torch.Tensor, captions) -> dict:
 
 @torch.no_grad()
 def attribute_accuracy(classifier, images: torch.Tensor, category, colour, bbox=None) -> dict:
-    """Accuracy of the attribute classifier (category, colour, both) and mean box IoU."""
-    from .attributes import box_iou
+    """Accuracy of the attribute classifier (category, colour, both) and mean box IoU.
 
-    p = classifier.predict(images)
-    cat_ok = p["category"].numpy() == np.asarray(category)
-    col_ok = p["colour"].numpy() == np.asarray(colour)
-    res = {"category": float(cat_ok.mean()), "colour": float(col_ok.mean()),
-           "both": float((cat_ok & col_ok).mean()), "n": int(len(images))}
+    The scores are :func:`brainrecon.metrics.attribute_scores_per_image`'s, named as the
+    backbone card reports them.
+    """
+    from ..metrics.attributes import attribute_scores_per_image
+
+    n = len(images)
+    s = attribute_scores_per_image(images, category, colour, np.zeros((n, 4)) if bbox is None else bbox,
+                                   classifier)
+    res = {"category": float(s["category_ok"].mean()), "colour": float(s["colour_ok"].mean()),
+           "both": float(s["both_ok"].mean()), "n": int(n)}
     if bbox is not None:
-        res["bbox_iou"] = float(box_iou(p["bbox"].double(), torch.as_tensor(np.asarray(bbox)).double()).mean())
+        res["bbox_iou"] = float(s["box_iou"].mean())
     return res
 
 
