@@ -250,27 +250,15 @@ class Backbone:
         return torch.cat(out)
 
     def _denoise(self, cond, uncond, x, gs, steps):
-        from diffusers import DDIMScheduler
+        from ..sampling.denoise import denoise_latents
 
-        sched = self.scheduler
-        if not hasattr(sched, "set_timesteps"):
-            sched = DDIMScheduler.from_config(sched.config)
-        sched.set_timesteps(steps, device=self.device)
-        x = x * sched.init_noise_sigma
         dtype = next(self.unet.parameters()).dtype
-        for t in sched.timesteps:
-            xin = sched.scale_model_input(x, t)
-            if gs == 1.0:
-                eps = self.unet(xin.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample.float()
-            elif gs == 0.0:
-                eps = self.unet(xin.to(dtype), t, encoder_hidden_states=uncond.to(dtype)).sample.float()
-            else:
-                e = self.unet(torch.cat([xin, xin]).to(dtype), t,
-                              encoder_hidden_states=torch.cat([uncond, cond]).to(dtype)).sample.float()
-                eu, ec = e.chunk(2)
-                eps = eu + gs * (ec - eu)
-            x = sched.step(eps, t, x).prev_sample
-        return self.decode_latents(x)
+
+        def noise(xin, t, branch):  # the shared loop's noise function: plain text conditioning
+            ctx = torch.cat([uncond, cond]) if branch == "both" else cond if branch == "cond" else uncond
+            return self.unet(xin.to(dtype), t, encoder_hidden_states=ctx.to(dtype)).sample
+
+        return self.decode_latents(denoise_latents(self.scheduler, noise, x, steps, gs, device=self.device))
 
 
 # ---------------------------------------------------------------------------- loading

@@ -1,0 +1,28 @@
+"""Sampling: the brain→image pipeline, its shared denoising loop, and exploration helpers.
+
+Public names are importable from here (loaded lazily, so ``import brainrecon.sampling`` is cheap)::
+
+    from brainrecon.sampling import BrainToImagePipeline, load_reconstructor, evaluate_reconstructor
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "denoise_latents": "denoise", "prepare_scheduler": "denoise", "combine_guidance": "denoise",
+    "BrainToImagePipeline": "pipeline", "load_reconstructor": "pipeline",
+    "TOY_RECONSTRUCTOR_DIR": "pipeline",
+    "reconstruct": "explore", "sweep_control_scale": "explore", "swap_grid": "explore",
+    "evaluate_reconstructor": "explore", "make_test_maps": "explore", "plot_control_sweep": "explore",
+    "plot_swap_grid": "explore",
+    "write_demo_report": "demo",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__
