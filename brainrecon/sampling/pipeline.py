@@ -1,0 +1,442 @@
+"""``BrainToImagePipeline``: NeuroPictor's fMRI→image sampler as a diffusers pipeline (§3.4).
+
+One call encodes the flatmaps once (``S^r = E(S)``, NeuroPictor Eq. 1), derives the semantic
+condition ``F^sem`` (Eq. 2–4) and runs the frozen U-Net with the LLMN residuals scaled by the
+control scale ``α`` (Eq. 7) through the shared loop of :mod:`brainrecon.sampling.denoise`:
+
+* **classifier-free guidance** — the unconditional branch replaces ``F^sem`` with the empty
+  caption's text embedding and *keeps the fMRI control* (official ``reconstruction.py``:
+  ``uc_cat = c_cat``), ``ε = ε_u + s·(ε_c − ε_u)``;
+* **semantic swap** — ``semantic_source`` gives other scans whose ``F^sem`` replaces the
+  high-level features while ``maps`` keeps the low-level ones (official ``exchange`` hook).
+
+Saved reconstructor folders (:meth:`~BrainToImagePipeline.save_pretrained`) come in two layouts,
+both read by :meth:`~BrainToImagePipeline.from_pretrained` / :func:`load_reconstructor`:
+
+* **light** — ``model/`` (``NeuroPictorModel.save_pretrained``) + ``backbone.json``
+  (``{"backbone": "toy"}`` or a folder, relative to the reconstructor or absolute); this is what
+  the ``refine_subject`` stage writes and what ships in ``brainrecon/weights/neuropictor_toy/``;
+* **full** — ``model/`` + ``unet/ vae/ scheduler/`` (+ ``text_encoder/ tokenizer/``) +
+  ``empty_prompt_embeds.safetensors``.
+
+Both may hold ``pipeline.json`` (sampling defaults and the flatmap projector's settings).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, check_choice, check_finite
+from .denoise import denoise_latents
+
+__all__ = ["BrainToImagePipeline", "load_reconstructor", "TOY_RECONSTRUCTOR_DIR"]
+
+#: Folder of the shipped toy reconstructor (light layout, trained by ``refine_subject``).
+TOY_RECONSTRUCTOR_DIR = Path(__file__).resolve().parent.parent / "weights" / "neuropictor_toy"
+_OUTPUT_TYPES = ("pt", "np", "pil", "latent")
+_HINT = ("A reconstructor folder holds model/ (NeuroPictorModel.save_pretrained) and either backbone.json "
+         "({\"backbone\": \"toy\"} or a backbone folder) or the backbone parts unet/ vae/ scheduler/. "
+         "Write one with BrainToImagePipeline.save_pretrained or the refine_subject stage.")
+
+
+def _as_maps(maps, name: str) -> torch.Tensor:
+    if maps is None:
+        raise InvalidInputError(f"{name} is required: flatmaps (B, 1, H, W).")
+    x = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(maps)
+    if x.ndim == 3:                      # one map (1, H, W): make it a batch of one
+        x = x[None]
+    check_finite(x, name)
+    return x.float()
+
+
+class BrainToImagePipeline(DiffusionPipeline):
+    r"""
+    Flatmaps → images with NeuroPictor (NeuroPictor §3.4, Eq. 7–8) on a Stable-Diffusion-style backbone.
+
+    Parameters:
+        unet (`UNet2DConditionModel`): the frozen denoiser.
+        vae (`AutoencoderKL`): decodes latents to images.
+        scheduler: a diffusers scheduler (DDIM for the toy and SD 2.1 backbones).
+        neuropictor (`NeuroPictorModel`): calibrated encoder, HLGN and LLMN.
+        text_encoder, tokenizer (*optional*): only used to compute the empty-caption embedding.
+        empty_prompt_embeds (`torch.Tensor` ``(1, L_T, d_T)``, *optional*): the empty caption's
+            text features (the unconditional branch of classifier-free guidance); computed from the
+            text encoder when not given.
+        default_guidance_scale (`float`): used when ``guidance_scale=None`` (paper: 5.0).
+        default_num_inference_steps (`int`): used when ``num_inference_steps=None``.
+        backbone_source (`str`, *optional*): ``"toy"`` or the backbone folder (for light saving).
+        flatmap (`dict`, *optional*): ``FlatmapProjector`` keywords of the maps the model was trained on.
+    """
+
+    model_cpu_offload_seq = "neuropictor->unet->vae"
+    _optional_components = ["text_encoder", "tokenizer"]
+    _callback_tensor_inputs = ["latents", "semantic_condition", "fmri_tokens"]
+
+    def __init__(self, unet, vae, scheduler, neuropictor, text_encoder=None, tokenizer=None,
+                 empty_prompt_embeds: torch.Tensor | None = None, default_guidance_scale: float = 5.0,
+                 default_num_inference_steps: int = 50, backbone_source: str | None = None,
+                 flatmap: dict | None = None):
+        super().__init__()
+        self.register_modules(unet=unet, vae=vae, scheduler=scheduler, neuropictor=neuropictor,
+                              text_encoder=text_encoder, tokenizer=tokenizer)
+        if empty_prompt_embeds is None:
+            if text_encoder is None or tokenizer is None:
+                raise InvalidInputError("BrainToImagePipeline needs the empty caption's text features for "
+                                        "classifier-free guidance: pass text_encoder and tokenizer, or "
+                                        "empty_prompt_embeds (1, L_T, d_T).")
+            empty_prompt_embeds = _encode_empty(text_encoder, tokenizer)
+        want = (unet.config.cross_attention_dim,)
+        if empty_prompt_embeds.ndim != 3 or tuple(empty_prompt_embeds.shape[2:]) != want:
+            raise InvalidInputError(f"empty_prompt_embeds must be (1, L_T, {want[0]}) (the U-Net's "
+                                    f"cross_attention_dim); got {tuple(empty_prompt_embeds.shape)}.")
+        self.empty_prompt_embeds = empty_prompt_embeds.detach()[:1].float().cpu()
+        if flatmap is None:
+            flatmap = {"resolution": list(neuropictor.encoder.image_hw)}
+        self.register_to_config(default_guidance_scale=float(default_guidance_scale),
+                                default_num_inference_steps=int(default_num_inference_steps),
+                                backbone_source=None if backbone_source is None else str(backbone_source),
+                                flatmap=dict(flatmap))
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(cls, backbone, model, guidance_scale: float | None = None,
+                      num_inference_steps: int | None = None, flatmap: dict | None = None):
+        """A pipeline around a loaded :class:`~brainrecon.backbones.Backbone` and a ``NeuroPictorModel``.
+
+        ``guidance_scale`` / ``num_inference_steps`` default to the backbone's ``backbone.json``
+        (toy: 5.0 and 25), else the paper's 5.0 and 50.
+        """
+        from ..backbones.hub import TOY_WEIGHTS_DIR
+
+        meta = getattr(backbone, "metadata", {}) or {}
+        path = getattr(backbone, "path", None)
+        source = "toy" if path is not None and Path(path).resolve() == TOY_WEIGHTS_DIR else (
+            None if path is None else str(path))
+        with torch.no_grad():
+            empty = backbone.encode_text([""])
+        model.to(backbone.device)
+        return cls(backbone.unet, backbone.vae, backbone.scheduler, model.eval().requires_grad_(False),
+                   text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, empty_prompt_embeds=empty,
+                   default_guidance_scale=meta.get("guidance_scale", 5.0) if guidance_scale is None
+                   else guidance_scale,
+                   default_num_inference_steps=meta.get("num_inference_steps", 50) if num_inference_steps is None
+                   else num_inference_steps, backbone_source=source, flatmap=flatmap)
+
+    def to(self, *args, **kwargs) -> "BrainToImagePipeline":
+        """Move every part like ``torch.nn.Module.to`` (``NeuroPictorModel`` is a plain module, which
+        diffusers' own ``to`` cannot query for ``dtype``)."""
+        kwargs.pop("silence_dtype_warnings", None)
+        for name in ("unet", "vae", "neuropictor", "text_encoder"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.to(*args, **kwargs)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def map_shape(self) -> tuple:
+        """``(C, H, W)`` of the flatmaps the calibrated encoder reads."""
+        enc = self.neuropictor.encoder
+        return (int(enc.config.in_channels), *(int(s) for s in enc.image_hw))
+
+    def make_projector(self):
+        """The :class:`~brainrecon.data.surface.FlatmapProjector` of this reconstructor's maps."""
+        from ..data.surface import FlatmapProjector
+
+        return FlatmapProjector(**dict(self.config.flatmap))
+
+    # ------------------------------------------------------------------ sampling
+    def check_inputs(self, maps, semantic_source, latents, output_type, callback_on_step_end_tensor_inputs):
+        """Validate the call's inputs; messages name both sides of every mismatch."""
+        want = self.map_shape
+        if maps.ndim != 4 or tuple(maps.shape[1:]) != want:
+            raise InvalidInputError(f"maps must be flatmaps of shape (B, {', '.join(map(str, want))}) (the "
+                                    f"calibrated encoder's input); got {tuple(maps.shape)}. Project responses "
+                                    f"with pipe.make_projector().transform(...).")
+        if semantic_source is not None and tuple(semantic_source.shape) != tuple(maps.shape):
+            raise InvalidInputError(f"semantic_source {tuple(semantic_source.shape)} must match maps "
+                                    f"{tuple(maps.shape)}: one semantic source scan per target scan.")
+        check_choice("output_type", output_type, _OUTPUT_TYPES)
+        bad = [k for k in callback_on_step_end_tensor_inputs or () if k not in self._callback_tensor_inputs]
+        if bad:
+            raise InvalidInputError(f"callback_on_step_end_tensor_inputs {bad} are not available; choose "
+                                    f"from {self._callback_tensor_inputs}.")
+        if latents is not None:
+            shape = self._latent_shape(len(maps))
+            if tuple(latents.shape) != shape:
+                raise InvalidInputError(f"latents {tuple(latents.shape)} do not match {shape} "
+                                        f"(batch, unet.in_channels, latent side).")
+
+    def _latent_shape(self, batch: int) -> tuple:
+        s = self.unet.config.sample_size
+        h, w = (s, s) if isinstance(s, int) else tuple(s)
+        return (batch, int(self.unet.config.in_channels), int(h), int(w))
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @torch.no_grad()
+    def __call__(self, maps, control_scale: float = 1.0, guidance_scale: float | None = None,
+                 num_inference_steps: int | None = None, generator=None, semantic_source=None,
+                 latents: torch.Tensor | None = None, eta: float = 0.0, output_type: str = "pt",
+                 return_dict: bool = True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs=("latents",)):
+        r"""
+        Reconstruct images from flatmaps.
+
+        Parameters:
+            maps (`torch.Tensor` ``(B, 1, H, W)``): the scans' flatmaps (``S`` of NeuroPictor Eq. 1).
+            control_scale (`float`): ``α`` of NeuroPictor Eq. 7 — 0 keeps only the high-level
+                semantics, 1 the trained balance; values above 1 push low-level structure harder.
+            guidance_scale (`float`, *optional*): classifier-free guidance scale ``s``
+                (``ε_u + s(ε_c − ε_u)``); 1 = conditional only, 0 = empty caption only. Default: the
+                reconstructor's (``default_guidance_scale``).
+            num_inference_steps (`int`, *optional*): denoising steps (default the reconstructor's).
+            generator (`torch.Generator` or list of them, *optional*): one per image makes every
+                image independent of the batch it is drawn in.
+            semantic_source (`torch.Tensor` ``(B, 1, H, W)``, *optional*): the **semantic swap** —
+                ``F^sem`` (Eq. 4) of these scans with the low-level features of ``maps``.
+            latents (`torch.Tensor`, *optional*): initial noise ``(B, c, h, w)``.
+            eta (`float`): DDIM's η.
+            output_type (`str`): ``"pt"`` (``(B, 3, H, W)`` in [0, 1]), ``"np"`` (``(B, H, W, 3)``
+                in [0, 1]), ``"pil"`` or ``"latent"``.
+            return_dict (`bool`): return an :class:`~diffusers.ImagePipelineOutput` (else a tuple).
+            callback_on_step_end (`Callable`, *optional*): ``fn(pipe, step, timestep, callback_kwargs)``
+                called after every step with the tensors named in
+                ``callback_on_step_end_tensor_inputs``; the dict it returns replaces them.
+            callback_on_step_end_tensor_inputs (`list`): from ``latents``, ``semantic_condition``,
+                ``fmri_tokens``.
+
+        Returns:
+            [`~diffusers.ImagePipelineOutput`] or `tuple`: the images.
+        """
+        maps = _as_maps(maps, "maps")
+        if semantic_source is not None:
+            semantic_source = _as_maps(semantic_source, "semantic_source")
+        self.check_inputs(maps, semantic_source, latents, output_type, callback_on_step_end_tensor_inputs)
+        gs = self.config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+        steps = self.config.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+        self._guidance_scale, self._num_timesteps = gs, steps
+        device, dtype, model = self._execution_device, self.dtype, self.neuropictor
+        enc_dtype = next(model.encoder.parameters()).dtype
+
+        # 1. S^r once per call (Eq. 1), F^sem of the maps or of the semantic source (Eq. 2-4)
+        tokens = model.encode(maps.to(device, enc_dtype))
+        sem_tokens = tokens if semantic_source is None else model.encode(semantic_source.to(device, enc_dtype))
+        state = {"fmri_tokens": tokens, "semantic_condition": model.semantic_condition(fmri_tokens=sem_tokens),
+                 "latents": None}
+        uncond = self.empty_prompt_embeds.to(device, dtype).expand(len(maps), -1, -1)
+
+        # 2. initial noise
+        if latents is None:
+            latents = randn_tensor(self._latent_shape(len(maps)), generator=generator, device=device,
+                                   dtype=torch.float32)
+        latents = latents.to(device, torch.float32)
+
+        # 3. ε_θ with the fMRI control in both guidance branches (Eq. 7-8)
+        def noise_fn(x, t, branch):
+            tok, sem = state["fmri_tokens"], state["semantic_condition"].to(dtype)
+            if branch == "both":
+                tok, sem = torch.cat([tok, tok]), torch.cat([uncond, sem])
+            elif branch == "uncond":
+                sem = uncond
+            return model.predict_noise(self.unet, x.to(dtype), t, fmri_tokens=tok, control_scale=control_scale,
+                                       semantic_condition=sem)
+
+        callback = None
+        if callback_on_step_end is not None:
+            names = list(callback_on_step_end_tensor_inputs)
+
+            def callback(i, t, x):
+                state["latents"] = x
+                out = callback_on_step_end(self, i, t, {k: state[k] for k in names}) or {}
+                for k in self._callback_tensor_inputs:
+                    if k in out:
+                        state[k] = out[k]
+                return state["latents"]
+
+        # 4. denoise (shared loop), 5. decode
+        z = denoise_latents(self.scheduler, noise_fn, latents, steps, gs, device=device, generator=generator,
+                            eta=eta, callback=callback, progress_bar=self.progress_bar)
+        if output_type == "latent":
+            images = z
+        else:
+            vae = self.vae
+            shift = getattr(vae.config, "shift_factor", None) or 0.0
+            decoded = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor + shift).sample.float()
+            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(self, save_directory, save_backbone: bool | None = None, **kwargs) -> Path:
+        """Write the reconstructor to ``save_directory`` atomically and return the folder.
+
+        Parameters
+        ----------
+        save_directory : path-like
+        save_backbone : bool, optional
+            ``False``: only ``model/`` + ``backbone.json`` pointing at :attr:`backbone_source`
+            (``"toy"`` or the backbone folder); ``True``: also the backbone's parts. Default: light
+            for the shipped toy backbone, full otherwise.
+        """
+        from ..io import atomic_dir, write_json
+
+        source = self.config.backbone_source
+        light = (source == "toy") if save_backbone is None else not save_backbone
+        if light and source is None:
+            raise InvalidInputError("this pipeline does not know its backbone's folder (it was not built with "
+                                    "from_backbone on a saved backbone); use save_backbone=True.")
+        save_directory = Path(save_directory)
+        with atomic_dir(save_directory) as tmp:
+            self.neuropictor.save_pretrained(tmp / "model")
+            if light:
+                write_json(tmp / "backbone.json", {"backbone": source})
+            else:
+                for name in ("unet", "vae", "scheduler", "text_encoder", "tokenizer"):
+                    part = getattr(self, name, None)
+                    if part is not None:
+                        part.save_pretrained(tmp / name)
+                from safetensors.torch import save_file
+
+                save_file({"empty_prompt_embeds": self.empty_prompt_embeds.contiguous()},
+                          str(tmp / "empty_prompt_embeds.safetensors"))
+            write_json(tmp / "pipeline.json", {
+                "_class_name": type(self).__name__, "guidance_scale": self.config.default_guidance_scale,
+                "num_inference_steps": self.config.default_num_inference_steps, "flatmap": dict(self.config.flatmap),
+                "backbone_source": source})
+        return save_directory
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None, dtype: torch.dtype | None = None, **kwargs):
+        """Load a reconstructor folder (light or full layout; see the module docstring).
+
+        Parameters
+        ----------
+        directory : path-like
+        device, dtype : optional
+            Where to put the parts (default CPU, stored dtype).
+        **kwargs
+            ``guidance_scale``, ``num_inference_steps`` or ``flatmap`` override the saved defaults.
+        """
+        from ..models import NeuroPictorModel
+
+        d = Path(directory).expanduser()
+        if not d.is_dir():
+            raise DataNotFoundError(f"the reconstructor folder {str(directory)!r}", [d], hint=_HINT)
+        if not (d / "model").is_dir():
+            raise CheckpointError(f"{d} is not a reconstructor folder: {d / 'model'} is missing. {_HINT}")
+        settings = {}
+        for name in ("backbone.json", "pipeline.json"):
+            if (d / name).is_file():
+                settings.update(json.loads((d / name).read_text()))
+        model = NeuroPictorModel.from_pretrained(d / "model")
+        defaults = dict(guidance_scale=kwargs.get("guidance_scale", settings.get("guidance_scale")),
+                        num_inference_steps=kwargs.get("num_inference_steps", settings.get("num_inference_steps")),
+                        flatmap=kwargs.get("flatmap", settings.get("flatmap")))
+        if (d / "backbone.json").is_file():
+            from ..backbones import load_backbone
+
+            bb = load_backbone(_resolve_backbone(d, settings.get("backbone")), device=device, dtype=dtype)
+            model.to(device or "cpu")
+            return cls.from_backbone(bb, model if dtype is None else model.to(dtype), **defaults)
+        return cls._from_parts(d, model, defaults, settings, device, dtype)
+
+    @classmethod
+    def _from_parts(cls, d: Path, model, defaults: dict, settings: dict, device, dtype):
+        import diffusers
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        need = [d / "unet" / "config.json", d / "vae" / "config.json", d / "scheduler" / "scheduler_config.json"]
+        has_te = (d / "text_encoder" / "config.json").is_file()
+        if not has_te:
+            need.append(d / "empty_prompt_embeds.safetensors")
+        missing = [p for p in need if not p.is_file()]
+        if missing:
+            raise CheckpointError(f"{d} has model/ but neither backbone.json nor the backbone parts; missing: "
+                                  + ", ".join(str(p) for p in missing) + f". {_HINT}")
+        unet = UNet2DConditionModel.from_pretrained(d / "unet")
+        vae = AutoencoderKL.from_pretrained(d / "vae")
+        sched_cfg = json.loads((d / "scheduler" / "scheduler_config.json").read_text())
+        sched = getattr(diffusers, sched_cfg.get("_class_name", "DDIMScheduler"), diffusers.DDIMScheduler)
+        scheduler = sched.from_pretrained(d / "scheduler")
+        text_encoder = tokenizer = empty = None
+        if (d / "empty_prompt_embeds.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            empty = load_file(str(d / "empty_prompt_embeds.safetensors"))["empty_prompt_embeds"]
+        if has_te:
+            from transformers import AutoTokenizer
+
+            from ..backbones.hub import _transformers_class
+
+            te_cls = _transformers_class(d / "text_encoder", ("CLIPTextModel", "CLIPTextModelWithProjection"),
+                                         "CLIPTextModel")
+            text_encoder = te_cls.from_pretrained(d / "text_encoder").eval().requires_grad_(False)
+            tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer")
+        for m in (unet, vae, model, text_encoder):
+            if m is not None:
+                m.to(device or "cpu").eval().requires_grad_(False)
+                if dtype is not None:
+                    m.to(dtype)
+        gs, steps = defaults["guidance_scale"], defaults["num_inference_steps"]
+        return cls(unet, vae, scheduler, model, text_encoder=text_encoder, tokenizer=tokenizer,
+                   empty_prompt_embeds=empty, default_guidance_scale=5.0 if gs is None else gs,
+                   default_num_inference_steps=50 if steps is None else steps,
+                   backbone_source=settings.get("backbone_source"), flatmap=defaults["flatmap"])
+
+
+def _resolve_backbone(d: Path, source):
+    if source is None:
+        raise CheckpointError(f"{d / 'backbone.json'} has no 'backbone' entry; write {{\"backbone\": \"toy\"}} "
+                              "or the backbone folder.")
+    if source == "toy":
+        return "toy"
+    p = Path(str(source)).expanduser()
+    if not p.is_absolute() and (d / p).is_dir():
+        return d / p
+    return str(source) if not p.is_dir() else p
+
+
+def _encode_empty(text_encoder, tokenizer) -> torch.Tensor:
+    """The empty caption's last hidden states ``(1, L_T, d_T)`` (as ``Backbone.encode_text``)."""
+    ids = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(next(text_encoder.parameters()).device)
+    mask = (ids != tokenizer.pad_token_id).long() if getattr(text_encoder.config, "use_attention_mask",
+                                                             False) else None
+    with torch.no_grad():
+        return text_encoder(ids, attention_mask=mask, return_dict=True).last_hidden_state
+
+
+def load_reconstructor(path=None, device=None, dtype: torch.dtype | None = None, **kwargs) -> BrainToImagePipeline:
+    """Load a saved reconstructor; default the shipped toy one (``brainrecon/weights/neuropictor_toy``).
+
+    Raises :class:`~brainrecon.errors.DataNotFoundError` naming the folder when it is missing.
+    """
+    if path is None:
+        if not (TOY_RECONSTRUCTOR_DIR / "model").is_dir():
+            raise DataNotFoundError("the shipped toy reconstructor", [TOY_RECONSTRUCTOR_DIR, TOY_RECONSTRUCTOR_DIR /
+                                                                       "model"], data_card="neuropictor_toy.md",
+                                    hint="Train one with the NeuroPictor stages (refine_subject writes model/ + "
+                                         "backbone.json) and pass its folder.")
+        path = TOY_RECONSTRUCTOR_DIR
+    return BrainToImagePipeline.from_pretrained(path, device=device, dtype=dtype, **kwargs)
