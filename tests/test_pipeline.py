@@ -7,28 +7,10 @@ import pytest
 import torch
 
 from brainrecon.errors import CheckpointError, DataNotFoundError, InvalidInputError
-from brainrecon.models import CalibratedEncoder, NeuroPictorModel
 from brainrecon.sampling import BrainToImagePipeline, load_reconstructor
+from reconstructor_helpers import make_model
 
 STEPS = 3
-
-
-def make_model(backbone, seed=0, trained=True):
-    """A random NeuroPictor model; ``trained`` gives its zero-initialised layers weights."""
-    torch.manual_seed(seed)
-    enc = CalibratedEncoder(image_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4,
-                            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4).drop_decoder()
-    m = NeuroPictorModel.from_backbone(backbone, enc, use_auxiliary=True, hlgn_hidden_tokens=8)
-    if trained:
-        g = torch.Generator().manual_seed(seed + 1)
-        llmn = m.llmn
-        mods = [*llmn.controlnet.controlnet_down_blocks, llmn.controlnet.controlnet_mid_block,
-                llmn.feature_transform.zero_conv, m.hlgn.auxiliary_out]
-        with torch.no_grad():
-            for mod in mods:
-                for p in mod.parameters():
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return m.eval()
 
 
 @pytest.fixture(scope="module", autouse=True)

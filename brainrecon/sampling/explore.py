@@ -1,0 +1,299 @@
+"""Explore a NeuroPictor reconstructor: reconstruct, sweep ``α``, swap semantics, score it.
+
+* :func:`make_test_maps` — a toy subject's held-out shared test scans as the pipeline's flatmaps,
+  with targets and ground-truth attributes;
+* :func:`reconstruct` — images for a dataset or maps, batched, one seeded generator per scan
+  (so an image never depends on the batch it was drawn in);
+* :func:`sweep_control_scale` — the same scans and seeds at several control scales ``α``
+  (NeuroPictor Eq. 7, Fig. 6); :func:`plot_control_sweep`;
+* :func:`swap_grid` — every (layout source × semantic source) pair (the semantic swap);
+  :func:`plot_swap_grid`;
+* :func:`evaluate_reconstructor` — the acceptance figures on the toy world through
+  :func:`brainrecon.metrics.evaluate`: α = 1 vs α = 0, CFG 0 vs default, and the swap test.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import InvalidInputError
+
+__all__ = ["make_test_maps", "reconstruct", "sweep_control_scale", "plot_control_sweep", "swap_grid",
+           "plot_swap_grid", "evaluate_reconstructor"]
+
+
+def _generators(seed: int, indices) -> list:
+    return [torch.Generator().manual_seed(int(seed) + int(i)) for i in indices]
+
+
+def make_test_maps(pipe, world, subject: str, n_test: int | None = None) -> dict:
+    """A toy subject's held-out shared test scans (repeat averages) as the reconstructor's flatmaps.
+
+    Parameters
+    ----------
+    pipe : BrainToImagePipeline
+        Its projector settings (``pipe.make_projector()``) turn responses into maps.
+    world : ToyWorld
+    subject : str
+    n_test : int, optional
+        The first ``n_test`` test scans (default all).
+
+    Returns
+    -------
+    dict
+        ``maps`` ``(N, 1, H, W)``, ``targets`` ``(N, 3, S, S)`` in [0, 1], ``image_keys`` ``(N,)``,
+        ``captions`` (list), ``attributes`` (``category``, ``colour``, ``bbox`` of the targets).
+    """
+    from ..data.pairs import make_toy_dataset
+
+    ds = make_toy_dataset(world, subjects=[subject], split="test", projector=pipe.make_projector())
+    n = len(ds) if n_test is None else min(int(n_test), len(ds))
+    if n < 1:
+        raise InvalidInputError(f"{subject} has no test scans to reconstruct.")
+    keys = np.array([int(ds.records[0].image_keys[i]) for i in range(n)])
+    sc = world.scenes
+    return {"maps": torch.stack([ds.brain(i) for i in range(n)]),
+            "targets": torch.from_numpy(sc.images[keys]).permute(0, 3, 1, 2).float() / 255.0,
+            "image_keys": keys, "captions": [sc.captions[k] for k in keys], "subject": subject,
+            "attributes": {"category": sc.category[keys], "colour": sc.colour[keys], "bbox": sc.bbox[keys]}}
+
+
+def _maps_of(data, indices=None):
+    if isinstance(data, dict):
+        maps, keys = torch.as_tensor(data["maps"]), data.get("image_keys")
+    elif hasattr(data, "brain") and hasattr(data, "locate"):   # a BrainImageDataset
+        idx = range(len(data)) if indices is None else indices
+        return torch.stack([data.brain(int(i)) for i in idx]), np.asarray(list(idx)), None
+    else:
+        maps, keys = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data), None
+    maps = maps.float()
+    if maps.ndim == 3:
+        maps = maps[None]
+    idx = np.arange(len(maps)) if indices is None else np.asarray(indices)
+    return maps[idx], idx, None if keys is None else np.asarray(keys)[idx]
+
+
+def reconstruct(pipe, data, indices=None, batch_size: int = 8, seed: int = 0, progress: bool | None = None,
+                semantic_source=None, **call_kwargs) -> dict:
+    """Reconstruct images for a dataset or flatmaps, in batches, one seeded generator per scan.
+
+    Parameters
+    ----------
+    pipe : BrainToImagePipeline
+    data : BrainImageDataset, dict from :func:`make_test_maps`, or array ``(N, 1, H, W)``
+    indices : sequence of int, optional
+        Which scans (default all); scan ``i`` always gets the generator ``seed + i``.
+    batch_size : int
+    seed : int
+    progress : bool, optional
+        A tqdm bar over batches (default: on).
+    semantic_source : array ``(N, 1, H, W)``, optional
+        Swap partners, one per selected scan.
+    **call_kwargs
+        Passed to the pipeline (``control_scale``, ``guidance_scale``, ``num_inference_steps``...).
+
+    Returns
+    -------
+    dict
+        ``images`` ``(N, 3, H, W)`` in [0, 1], ``indices``, and ``image_keys`` when known.
+    """
+    from tqdm.auto import tqdm
+
+    maps, idx, keys = _maps_of(data, indices)
+    if semantic_source is not None:
+        semantic_source = torch.as_tensor(semantic_source).float()
+        if len(semantic_source) != len(maps):
+            raise InvalidInputError(f"semantic_source has {len(semantic_source)} scans but {len(maps)} are "
+                                    "reconstructed; give one semantic source per scan.")
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    starts = range(0, len(maps), max(1, int(batch_size)))
+    for s in tqdm(starts, desc="reconstruct", disable=progress is False, leave=False):
+        sl = slice(s, s + batch_size)
+        src = None if semantic_source is None else semantic_source[sl]
+        out.append(pipe(maps[sl], generator=_generators(seed, idx[sl]), semantic_source=src,
+                        output_type="pt", **call_kwargs).images)
+    res = {"images": torch.cat(out), "indices": idx}
+    if keys is not None:
+        res["image_keys"] = keys
+    return res
+
+
+def sweep_control_scale(pipe, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0, **kwargs) -> dict:
+    """The same scans and seeds at several control scales ``α`` (NeuroPictor Eq. 7, Fig. 6).
+
+    Returns ``{α: images (N, 3, H, W)}``; other keywords go to :func:`reconstruct`.
+    """
+    return {float(a): reconstruct(pipe, data, seed=seed, control_scale=float(a), **kwargs)["images"]
+            for a in alphas}
+
+
+def plot_control_sweep(sweep: dict, targets, titles=None):
+    """Targets on top, one row per ``α`` of :func:`sweep_control_scale`; returns a Figure."""
+    from ..metrics import plot_reconstruction_grid
+
+    rows = {f"α = {a:g}": imgs for a, imgs in sweep.items()}
+    return plot_reconstruction_grid(rows, targets, n=len(targets), titles=titles)
+
+
+def swap_grid(pipe, maps_a, maps_b, seed: int = 0, **call_kwargs) -> torch.Tensor:
+    """Every pairing of a layout (low-level) source with a semantic (high-level) source.
+
+    Parameters
+    ----------
+    pipe : BrainToImagePipeline
+    maps_a : array ``(Na, 1, H, W)``
+        Low-level sources (rows); row ``i`` uses the generator ``seed + i`` in every column.
+    maps_b : array ``(Nb, 1, H, W)``
+        Semantic sources (columns): their ``F^sem`` replaces row ``i``'s.
+    **call_kwargs
+        Passed to the pipeline.
+
+    Returns
+    -------
+    Tensor ``(Na, Nb, 3, H, W)``
+        ``grid[i, j]``: layout of ``maps_a[i]`` with the semantics of ``maps_b[j]``.
+    """
+    a, b = torch.as_tensor(maps_a).float(), torch.as_tensor(maps_b).float()
+    pipe.set_progress_bar_config(disable=True)
+    rows = []
+    for i in range(len(a)):
+        rows.append(pipe(a[i:i + 1].expand(len(b), -1, -1, -1), semantic_source=b,
+                         generator=_generators(seed, [i] * len(b)), **call_kwargs).images)
+    return torch.stack(rows)
+
+
+def plot_swap_grid(grid, targets_a, targets_b):
+    """Semantic sources along the top, layout sources down the left, swaps inside; returns a Figure."""
+    from matplotlib.figure import Figure
+
+    from ..metrics import as_tensor
+
+    ta, tb = as_tensor(targets_a, "targets_a"), as_tensor(targets_b, "targets_b")
+    na, nb = grid.shape[:2]
+    fig = Figure(figsize=(1.3 * (nb + 1), 1.3 * (na + 1) + 0.3))
+    axes = fig.subplots(na + 1, nb + 1, squeeze=False)
+    show = lambda ax, x: ax.imshow(x.permute(1, 2, 0).clamp(0, 1).numpy())  # noqa: E731
+    for j in range(nb):
+        show(axes[0, j + 1], tb[j])
+        axes[0, j + 1].set_title(f"semantics {j}", fontsize=7)
+    for i in range(na):
+        show(axes[i + 1, 0], ta[i])
+        axes[i + 1, 0].set_ylabel(f"layout {i}", fontsize=7)
+        for j in range(nb):
+            show(axes[i + 1, j + 1], grid[i, j])
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0, 0].axis("off")
+    fig.suptitle("semantic swap: layout (rows) × semantics (columns)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _swap_partners(attrs: dict, side: float) -> np.ndarray:
+    """For each scan, a partner of another category with the main object far away (roll fallback)."""
+    cat, box = np.asarray(attrs["category"]), np.asarray(attrs["bbox"], float) / side
+    centre = (box[:, :2] + box[:, 2:]) / 2
+    n = len(cat)
+    partner = np.roll(np.arange(n), n // 2)  # the official exchange hook: roll by half a batch
+    for i in range(n):
+        far = [j for j in np.roll(np.arange(n), -(i + n // 2)) if cat[j] != cat[i]
+               and np.linalg.norm(centre[j] - centre[i]) > 0.25]
+        if far:
+            partner[i] = far[0]
+    return partner
+
+
+def evaluate_reconstructor(pipe, world, subject: str, alphas=(0.0, 1.0), guidance_scales=(0.0, None),
+                           n_test: int | None = None, seed: int = 0, num_inference_steps: int | None = None,
+                           batch_size: int = 8, feature_set="toy", progress: bool | None = None) -> dict:
+    """The acceptance figures of a reconstructor on a toy subject's held-out shared test scans.
+
+    Parameters
+    ----------
+    pipe : BrainToImagePipeline
+    world : ToyWorld
+    subject : str
+    alphas : sequence of float
+        Control scales compared at the default guidance scale and the same seeds (NeuroPictor Eq. 7).
+    guidance_scales : sequence of float or None
+        Guidance scales compared at ``α = 1`` (None: the reconstructor's default).
+    n_test : int, optional
+        Number of test scans (default all).
+    seed : int
+        Scan ``i`` always uses the generator ``seed + i``.
+    num_inference_steps, batch_size
+    feature_set : "toy" or feature set
+        Networks of :func:`brainrecon.metrics.evaluate` (toy: needs the toy attribute classifier).
+    progress : bool, optional
+
+    Returns
+    -------
+    dict
+        ``table``: tidy DataFrame (``condition, control_scale, guidance_scale, metric, value,
+        ci_low, ci_high, n``); ``metrics``: JSON-ready nested dict — ``alpha`` and ``guidance``
+        (``{scale: {metric: value}}``), ``swap`` (``category_follows_semantic``,
+        ``category_follows_layout``, ``position_follows_layout``, position errors to both
+        sources), ``n_test``, ``seed``, ``num_inference_steps``, ``guidance_scale``;
+        ``images``: ``{condition name: (N, 3, H, W)}`` and ``data`` (from :func:`make_test_maps`).
+    """
+    import pandas as pd
+
+    from ..metrics import attribute_scores_per_image, evaluate, make_feature_set
+
+    data = make_test_maps(pipe, world, subject, n_test)
+    if len(data["maps"]) < 2:
+        raise InvalidInputError("evaluate_reconstructor needs at least 2 test scans.")
+    fs = make_feature_set(feature_set)
+    default_gs = float(pipe.config.default_guidance_scale)
+    steps = num_inference_steps or pipe.config.default_num_inference_steps
+    kw = dict(batch_size=batch_size, seed=seed, progress=progress, num_inference_steps=steps)
+    runs, rows, metrics, images = {}, [], {"alpha": {}, "guidance": {}}, {}
+
+    def run(a, gs, **extra):
+        key = (float(a), default_gs if gs is None else float(gs))
+        if key not in runs or extra:
+            out = reconstruct(pipe, data, control_scale=key[0], guidance_scale=key[1], **kw, **extra)["images"]
+            if extra:
+                return key, out
+            runs[key] = out
+        return key, runs[key]
+
+    def score(name, key, imgs, bucket, label):
+        table = evaluate(imgs, data["targets"], feature_set=fs, attributes=data["attributes"], seed=seed)
+        metrics[bucket][label] = {r.metric: float(r.value) for r in table.itertuples() if np.isfinite(r.value)}
+        for r in table.itertuples():
+            rows.append(dict(condition=name, control_scale=key[0], guidance_scale=key[1], metric=r.metric,
+                             value=float(r.value), ci_low=float(r.ci_low), ci_high=float(r.ci_high), n=int(r.n)))
+        images[name] = imgs
+
+    for a in alphas:
+        key, imgs = run(a, None)
+        score(f"alpha={key[0]:g}", key, imgs, "alpha", f"{key[0]:g}")
+    for gs in guidance_scales:
+        key, imgs = run(1.0, gs)
+        score(f"guidance={key[1]:g}", key, imgs, "guidance", f"{key[1]:g}")
+
+    # semantic swap: category from the semantic source, layout (position) from the low-level source
+    partner = _swap_partners(data["attributes"], float(data["targets"].shape[-1]))
+    key, swapped = run(1.0, None, semantic_source=data["maps"][partner])
+    images["swap"] = swapped
+    attrs, side = data["attributes"], data["targets"].shape[-1]
+    own = attribute_scores_per_image(swapped, attrs["category"], attrs["colour"], attrs["bbox"],
+                                     fs.attribute_classifier, image_size=side)
+    sem = attribute_scores_per_image(swapped, attrs["category"][partner], attrs["colour"][partner],
+                                     attrs["bbox"][partner], fs.attribute_classifier, image_size=side)
+    swap = {"category_follows_semantic": float(sem["category_ok"].mean()),
+            "category_follows_layout": float(own["category_ok"].mean()),
+            "position_follows_layout": float((own["position_error"] < sem["position_error"]).mean()),
+            "position_error_to_layout": float(own["position_error"].mean()),
+            "position_error_to_semantic": float(sem["position_error"].mean()),
+            "n_pairs": int(len(partner))}
+    for m, v in swap.items():
+        rows.append(dict(condition="swap", control_scale=key[0], guidance_scale=key[1], metric=m, value=float(v),
+                         ci_low=np.nan, ci_high=np.nan, n=len(partner)))
+    metrics.update(swap=swap, n_test=int(len(data["maps"])), seed=int(seed), num_inference_steps=int(steps),
+                   guidance_scale=default_gs, subject=subject)
+    return {"table": pd.DataFrame(rows), "metrics": metrics, "images": images, "data": data,
+            "swap_partners": partner}

@@ -1,0 +1,37 @@
+"""Small random NeuroPictor reconstructors around the shipped toy backbone (for tests, notebook and demo runs)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from brainrecon.models import CalibratedEncoder, NeuroPictorModel
+
+
+def make_model(backbone, seed: int = 0, trained: bool = True, image_size: int = 32) -> NeuroPictorModel:
+    """A random NeuroPictor model; ``trained`` gives its zero-initialised layers random weights."""
+    torch.manual_seed(seed)
+    enc = CalibratedEncoder(image_size=image_size, patch_size=8, embed_dim=32, depth=1, num_heads=4,
+                            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=4).drop_decoder()
+    m = NeuroPictorModel.from_backbone(backbone, enc, use_auxiliary=True, hlgn_hidden_tokens=8)
+    if trained:
+        g = torch.Generator().manual_seed(seed + 1)
+        llmn = m.llmn
+        mods = [*llmn.controlnet.controlnet_down_blocks, llmn.controlnet.controlnet_mid_block,
+                llmn.feature_transform.zero_conv, m.hlgn.auxiliary_out]
+        with torch.no_grad():
+            for mod in mods:
+                for p in mod.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return m.eval()
+
+
+def write_tiny_reconstructor(path, seed: int = 0) -> Path:
+    """A random reconstructor in the refine_subject layout: ``model/`` + ``backbone.json`` (toy)."""
+    from brainrecon.backbones import load_backbone
+
+    path = Path(path)
+    make_model(load_backbone("toy"), seed=seed).save_pretrained(path / "model")
+    (path / "backbone.json").write_text(json.dumps({"backbone": "toy"}))
+    return path
