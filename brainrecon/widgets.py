@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipywidgets as W
 import numpy as np
 
-__all__ = ["FlatmapView", "view_flatmap"]
+__all__ = ["FlatmapView", "view_flatmap", "ReconstructionView", "view_reconstruction"]
 
 
 class FlatmapView(W.VBox):
@@ -105,3 +105,143 @@ def view_flatmap(data, split: str = "test", resolution: int = 128) -> FlatmapVie
     if not isinstance(data, BrainImageDataset):
         data = make_toy_dataset(data, split=split, resolution=resolution)
     return FlatmapView(data)
+
+
+def _show(fig, output) -> None:
+    output.clear_output(wait=True)
+    with output:
+        from IPython.display import display
+
+        display(fig)
+
+
+class ReconstructionView(W.VBox):
+    """Live NeuroPictor reconstructions: control scale ``α`` (Eq. 7), CFG scale, semantic swap.
+
+    Attributes
+    ----------
+    control_scale, guidance_scale : ipywidgets.FloatSlider
+        ``α`` and the classifier-free guidance scale of the grid.
+    layout_scan, semantic_scan : ipywidgets.Dropdown
+        The swap: low-level features of ``layout_scan`` with the semantics of ``semantic_scan``.
+    images : Tensor ``(n, 3, H, W)``
+        The grid's current reconstructions; :attr:`swap_image` ``(3, H, W)`` the swap's.
+    figure, swap_figure : matplotlib.figure.Figure
+        The grid (targets over reconstructions) and the swap panel (input flatmap of the layout
+        scan, the semantic source's target, the swap).
+    """
+
+    def __init__(self, pipe, maps, targets=None, captions=None, n: int = 4, seed: int = 0,
+                 num_inference_steps: int | None = None, max_control_scale: float = 2.0):
+        import torch
+
+        from .errors import InvalidInputError
+
+        if isinstance(maps, dict):  # make_test_maps(...) output
+            targets = maps.get("targets") if targets is None else targets
+            captions = maps.get("captions") if captions is None else captions
+            maps = maps["maps"]
+        maps = torch.as_tensor(maps).float()
+        if maps.ndim != 4 or len(maps) < 1:
+            raise InvalidInputError(f"view_reconstruction needs flatmaps (N, 1, H, W); got {tuple(maps.shape)}.")
+        self.pipe, self.maps, self.seed = pipe, maps, int(seed)
+        self.targets = None if targets is None else torch.as_tensor(targets).float()
+        self.captions = captions
+        self.n = min(int(n), len(maps))
+        self.steps = num_inference_steps or pipe.config.default_num_inference_steps
+        self.projector = pipe.make_projector()
+        pipe.set_progress_bar_config(disable=True)
+        gs = float(pipe.config.default_guidance_scale)
+        self.control_scale = W.FloatSlider(value=1.0, min=0.0, max=max_control_scale, step=0.05,
+                                           description="α", continuous_update=False)
+        self.guidance_scale = W.FloatSlider(value=gs, min=0.0, max=max(10.0, 2 * gs), step=0.5,
+                                            description="CFG", continuous_update=False)
+        scans = [(f"scan {i}" + (f": {captions[i][:30]}" if captions else ""), i) for i in range(len(maps))]
+        self.layout_scan = W.Dropdown(options=scans, value=0, description="layout")
+        self.semantic_scan = W.Dropdown(options=scans, value=min(1, len(maps) - 1), description="semantics")
+        self.output, self.swap_output = W.Output(), W.Output()
+        self.images = self.swap_image = self.figure = self.swap_figure = None
+        for w in (self.control_scale, self.guidance_scale):
+            w.observe(self._on_sampling, names="value")
+        for w in (self.layout_scan, self.semantic_scan):
+            w.observe(self._on_swap, names="value")
+        super().__init__([W.HBox([self.control_scale, self.guidance_scale]), self.output,
+                          W.HBox([self.layout_scan, self.semantic_scan]), self.swap_output])
+        self.draw()
+
+    def _sample(self, maps, index, **kw):
+        import torch
+
+        gens = [torch.Generator().manual_seed(self.seed + int(i)) for i in index]
+        return self.pipe(maps, control_scale=self.control_scale.value, guidance_scale=self.guidance_scale.value,
+                         num_inference_steps=self.steps, generator=gens, **kw).images
+
+    def _on_sampling(self, change) -> None:
+        self.draw()
+
+    def _on_swap(self, change) -> None:
+        self.draw_swap()
+
+    def draw(self):
+        """Resample the grid (and the swap) for the current sliders; return the grid figure."""
+        from .metrics import plot_reconstruction_grid
+
+        self.images = self._sample(self.maps[:self.n], range(self.n))
+        targets = self.targets[:self.n] if self.targets is not None else self.images * 0
+        fig = plot_reconstruction_grid({f"α={self.control_scale.value:g}, CFG={self.guidance_scale.value:g}":
+                                        self.images}, targets, n=self.n, titles=self.captions)
+        self.figure = fig
+        _show(fig, self.output)
+        self.draw_swap()
+        return fig
+
+    def draw_swap(self):
+        """Redraw the swap panel for the current pickers; return its figure."""
+        from matplotlib.figure import Figure
+
+        from .data.surface import plot_flatmap
+
+        i, j = self.layout_scan.value, self.semantic_scan.value
+        self.swap_image = self._sample(self.maps[i:i + 1], [i], semantic_source=self.maps[j:j + 1])[0]
+        fig = Figure(figsize=(10, 2.8))
+        ax_map, ax_src, ax_out = fig.subplots(1, 3, gridspec_kw={"width_ratios": [2.2, 1, 1]})
+        plot_flatmap(self.maps[i], self.projector, ax=ax_map, colorbar=False, title=f"input: scan {i} (layout)")
+        if self.targets is not None:
+            ax_src.imshow(self.targets[j].permute(1, 2, 0).numpy())
+        ax_src.set_title(f"scan {j} (semantics)", fontsize=8)
+        ax_out.imshow(self.swap_image.permute(1, 2, 0).numpy())
+        ax_out.set_title(f"layout {i} + semantics {j}", fontsize=8)
+        for ax in (ax_src, ax_out):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        self.swap_figure = fig
+        _show(fig, self.swap_output)
+        return fig
+
+
+def view_reconstruction(pipe, maps, targets=None, captions=None, n: int = 4, seed: int = 0,
+                        num_inference_steps: int | None = None) -> ReconstructionView:
+    """Explore a reconstructor: α slider (NeuroPictor Eq. 7), CFG slider, semantic-swap picker, input flatmap.
+
+    Parameters
+    ----------
+    pipe : BrainToImagePipeline
+    maps : Tensor ``(N, 1, H, W)`` or dict
+        Flatmaps of test scans, or the output of :func:`brainrecon.sampling.make_test_maps`
+        (then targets and captions come with it).
+    targets : array ``(N, 3, S, S)``, optional
+        The seen images (shown above the reconstructions).
+    captions : list of str, optional
+    n : int
+        Scans in the live grid.
+    seed : int
+        Scan ``i`` always uses the generator ``seed + i`` (so slider moves compare like with like).
+    num_inference_steps : int, optional
+        Default the reconstructor's.
+
+    Returns
+    -------
+    ReconstructionView
+    """
+    return ReconstructionView(pipe, maps, targets=targets, captions=captions, n=n, seed=seed,
+                              num_inference_steps=num_inference_steps)
