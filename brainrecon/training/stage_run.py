@@ -1,0 +1,162 @@
+"""Bookkeeping shared by the NeuroPictor stages: inputs, device, checkpoints and run records.
+
+:class:`RunContext` is entered once per stage call. It creates the output folder, sets torch's
+thread count for the stage, builds the data source (toy world or NSD) and the backbone, runs
+:func:`~brainrecon.training.fit` with checkpoints under ``OUT/checkpoints/<phase>`` (so a
+second call resumes), and writes the folder's records atomically:
+
+* ``config.json`` — the stage config (plus the flatmap settings it trained on),
+* ``metrics.json`` — held-out figures and per-phase loss summaries,
+* ``history.json`` — every step's losses (for loss curves),
+* ``run.json`` — stage, config, seed, package versions, device, wall time, steps, final loss.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, InvalidInputError
+from ..io import write_json
+from . import stage_data as sd
+from .loop import fit
+
+__all__ = ["RunContext", "read_stage_config", "package_versions", "loss_summary"]
+
+
+def package_versions() -> dict:
+    """Versions of the packages a run depends on."""
+    out = {"python": platform.python_version()}
+    for mod in ("brainrecon", "torch", "diffusers", "transformers", "accelerate", "numpy"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            out[mod] = None
+    return out
+
+
+def read_stage_config(directory) -> dict:
+    """``config.json`` of a stage folder (a :class:`CheckpointError` names it when unreadable)."""
+    f = Path(directory) / "config.json"
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{f} is not valid JSON ({err}); the stage folder is corrupt: "
+                              "rerun the stage that wrote it.") from err
+
+
+def loss_summary(result, keys=("loss", "diffusion", "semantic"), k: int | None = None) -> dict:
+    """Mean of each logged value over the first and last ``k`` steps (default: a tenth, ≥ 1)."""
+    n = len(result.history)
+    if n == 0:
+        return {"steps": 0}
+    k = k or max(1, min(50, n // 10))
+    out = {"steps": n, "resumed_from": result.resumed_from, "wall_time_s": round(result.wall_time, 1)}
+    for key in keys:
+        if key in result.history[-1]:
+            out[f"{key}_first"] = result.mean_loss(first=k, key=key)
+            out[f"{key}_final"] = result.mean_loss(last=k, key=key)
+    return out
+
+
+class RunContext:
+    """One stage call's folder, inputs, device and records (see the module docstring)."""
+
+    def __init__(self, config, stage: str, world=None, callbacks=()):
+        self.config, self.stage, self._world, self.callbacks = config, stage, world, tuple(callbacks)
+        self.stage_label = {"pretrain_encoder": "stage i", "pretrain_multisubject": "stage ii",
+                            "refine_subject": "stage iii"}.get(stage, stage)
+        self.out = Path(config.output_dir)
+
+    # ------------------------------------------------------------------ enter / exit
+    def __enter__(self) -> "RunContext":
+        from accelerate import PartialState
+
+        cfg = self.config
+        self._threads = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        self.t0 = time.perf_counter()
+        cpu = (not torch.cuda.is_available()) if cfg.cpu is None else bool(cfg.cpu)
+        state = PartialState(cpu=cpu)
+        self.device, self.rank = state.device, state.process_index
+        if self._world is not None:
+            self.kind, self.source = "toy", self._world
+        else:
+            wanted = getattr(cfg, "subjects", None) or ([cfg.subject] if hasattr(cfg, "subject") else None)
+            self.kind, self.source = sd.load_stage_world(cfg.world, cfg.toy_preset, cfg.seed, wanted,
+                                                         cfg.nsd_sessions)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.backbone_name = None
+        return self
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self._threads)
+        return False
+
+    # ------------------------------------------------------------------ inputs
+    def subjects(self, requested, exclude) -> list:
+        """Checked subject ids: ``requested`` (None = all) minus ``exclude``."""
+        known = sd.known_subjects(self.source)
+        chosen = sd.check_subjects(requested, known)
+        dropped = sd.check_subjects(list(exclude), known, "excluded subject") if exclude else []
+        chosen = [s for s in chosen if s not in dropped]
+        if not chosen:
+            raise InvalidInputError(f"{self.stage}: no subject left to train on (asked {requested}, "
+                                    f"excluded {list(exclude)}; known: {known}).")
+        return chosen
+
+    def dataset(self, subjects, split, resolution, crop, repeats):
+        return sd.make_stage_dataset(self.source, subjects, split, resolution, crop, repeats)
+
+    def backbone(self, backbone=None):
+        """The backbone (loaded from ``config.backbone`` unless given), frozen, on the device."""
+        from ..backbones.hub import TOY_WEIGHTS_DIR
+
+        bb = sd.resolve_backbone(backbone if backbone is not None else self.config.backbone)
+        path = Path(bb.path).resolve() if bb.path is not None else None
+        self.backbone_name = "toy" if path in (None, TOY_WEIGHTS_DIR.resolve()) else str(path)
+        return bb.to(self.device).eval()
+
+    # ------------------------------------------------------------------ training
+    def fit(self, model, loss_fn, batches, fit_config, phase: str):
+        """:func:`fit` with resumable checkpoints in ``OUT/checkpoints/<phase>``."""
+        return fit(model, loss_fn, batches, fit_config, output_dir=self.out / "checkpoints" / phase,
+                   callbacks=self.callbacks)
+
+    # ------------------------------------------------------------------ records
+    def save_model(self, model, backbone, resolution, crop, subject=None) -> None:
+        """``model/`` (NeuroPictorModel.save_pretrained) and ``backbone.json``."""
+        model.save_pretrained(self.out / "model")
+        write_json(self.out / "backbone.json", {
+            "backbone": self.backbone_name or "toy",
+            "method": "neuropictor", "stage": self.stage, "subject": subject,
+            "flatmap": {"resolution": int(resolution), "crop": crop},
+            "guidance_scale": float(getattr(backbone, "guidance_scale", 5.0)),
+            "image_size": int(backbone.image_size)})
+
+    def finish(self, metrics: dict, results: dict, **extra) -> None:
+        """Write ``config.json``, ``metrics.json``, ``history.json`` and ``run.json``."""
+        cfg = self.config
+        conf = {"stage": self.stage, **asdict(cfg), **extra}
+        if hasattr(cfg, "resolution") and "flatmap" not in extra:
+            conf["flatmap"] = {"resolution": cfg.resolution, "crop": cfg.crop}
+        losses = {phase: loss_summary(r) for phase, r in results.items()}
+        last = [r for r in results.values() if r.history]
+        final = last[-1].mean_loss(last=max(1, min(50, len(last[-1].history) // 10))) if last else None
+        write_json(self.out / "config.json", conf)
+        write_json(self.out / "metrics.json", {**metrics, "losses": losses})
+        write_json(self.out / "history.json", {p: r.history for p, r in results.items()})
+        world = asdict(self.source.config) if self.kind == "toy" else {"nsd_root": str(cfg.world)}
+        write_json(self.out / "run.json", {
+            "stage": self.stage, "config": asdict(cfg), "seed": cfg.seed, "versions": package_versions(),
+            "device": str(self.device), "mixed_precision": cfg.precision(), "threads": torch.get_num_threads(),
+            "world": world, "backbone": self.backbone_name,
+            "wall_time_s": round(time.perf_counter() - self.t0, 1),
+            "train_wall_time_s": {p: round(r.wall_time, 1) for p, r in results.items()},
+            "steps": {p: r.step for p, r in results.items()}, "final_loss": final,
+            "platform": platform.platform()})

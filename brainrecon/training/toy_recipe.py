@@ -1,0 +1,172 @@
+"""The shipped toy NeuroPictor reconstructor, end to end (``brainrecon train neuropictor``).
+
+:func:`train_toy_reconstructor` runs the paper's recipe in the toy world with one held-out
+subject, and the two comparisons of NeuroPictor's Tab. 2 / §4.3 that the toy world can answer:
+
+====  ==============================  =====================================================
+run   folder (under ``out``)          what
+====  ==============================  =====================================================
+i     ``i_encoder``                   calibrated encoding on every subject but the held-out one
+ii    ``ii_multisubject``             multi-subject pre-training, same subjects
+iii   ``iii_<subject>``               refining ``subject`` from ii  → **the shipped model**
+s     ``iii_<subject>_scratch``       same subject and steps, from scratch (encoder from i)
+h     ``iii_<heldout>_<p>pct``        the held-out subject refined from ii on ``p`` % of its data
+hs    ``iii_<heldout>_<p>pct_scratch`` the same from scratch
+====  ==============================  =====================================================
+
+Each run is a stage folder (:mod:`brainrecon.training.stages`); a finished one (``run.json``
+present) is skipped and an interrupted one resumes from its checkpoints, so rerunning the same
+call after a kill continues. ``recipe.json`` collects wall times, losses and held-out figures.
+``ship_to`` copies the refined reconstructor (``model/`` + ``backbone.json`` and the records,
+no backbone copy, no checkpoints) into a folder such as ``brainrecon/weights/neuropictor_toy``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidInputError
+from ..io import atomic_dir, write_json
+from .stages import (EncoderPretrainConfig, MultisubjectConfig, RefineConfig, pretrain_encoder,
+                     pretrain_multisubject, refine_subject)
+
+__all__ = ["train_toy_reconstructor", "ship_reconstructor", "SHIP_FILES", "MAX_SHIP_BYTES"]
+
+#: Files copied next to ``model/`` when shipping.
+SHIP_FILES = ("backbone.json", "config.json", "metrics.json", "run.json")
+#: Size limit of a shipped reconstructor.
+MAX_SHIP_BYTES = 10 * 1024 * 1024
+
+
+def ship_reconstructor(run_dir, dest) -> Path:
+    """Copy a stage-iii folder's loadable parts (``model/``, ``backbone.json``, records) to ``dest``."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    with atomic_dir(dest) as d:
+        shutil.copytree(run_dir / "model", d / "model")
+        for f in SHIP_FILES:
+            shutil.copy2(run_dir / f, d / f)
+        size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+        if size > MAX_SHIP_BYTES:
+            raise InvalidInputError(f"the reconstructor in {run_dir} is {size / 2**20:.1f} MB, over the "
+                                    f"{MAX_SHIP_BYTES / 2**20:.0f} MB limit for shipped weights.")
+    return dest
+
+
+def _summary(path: Path) -> dict:
+    run = json.loads((path / "run.json").read_text())
+    metrics = json.loads((path / "metrics.json").read_text())
+    return {"dir": str(path), "wall_time_s": run["wall_time_s"], "train_wall_time_s": run["train_wall_time_s"],
+            "steps": run["steps"], "final_loss": run["final_loss"], "metrics": metrics}
+
+
+def train_toy_reconstructor(out="runs/neuropictor_toy", preset: str = "default", subject: str = "subj01",
+                            heldout: str | None = "subj08", heldout_fraction: float = 0.1,
+                            baselines: bool = True, ship_to=None, threads: int | None = 1,
+                            progress: bool = True) -> Path:
+    """Train the toy reconstructor (stages i → ii → iii) and its comparison runs.
+
+    Parameters
+    ----------
+    out : path-like
+        Parent folder of every run (see the module docstring) and ``recipe.json``.
+    preset : {"default", "smoke"}
+        Stage presets (``.default()``: the shipped recipe; ``.smoke()``: seconds, smoke toy world).
+    subject : str
+        Subject refined in stage iii (the shipped model's subject).
+    heldout : str or None
+        Subject left out of stages i and ii and refined on ``heldout_fraction`` of its data
+        (``None``: no held-out subject). With the smoke world (3 subjects) use e.g. ``"subj03"``.
+    baselines : bool
+        Also train the from-scratch comparisons at the same steps.
+    ship_to : path-like, optional
+        Copy the refined reconstructor there (:func:`ship_reconstructor`).
+    threads : int, optional
+        ``torch.set_num_threads`` for the whole recipe (1: on a busy 2-core machine a second
+        thread made steps up to 10× slower, measured).
+    """
+    from ..backbones.hub import load_backbone
+    from ..data.toyworld import ToyWorldConfig, make_toyworld
+
+    if preset not in ("default", "smoke"):
+        raise InvalidInputError(f"preset must be 'default' or 'smoke'; got {preset!r}.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    t0 = time.perf_counter()
+    try:
+        world = make_toyworld(ToyWorldConfig.smoke() if preset == "smoke" else ToyWorldConfig(), progress=False)
+        backbone = load_backbone("toy")
+        common = dict(progress=progress)
+        make = (lambda cls, **kw: getattr(cls, preset)(**common, **kw))
+        excl = (heldout,) if heldout else ()
+        runs = {}
+
+        def stage(name, fn, cfg, **kw):
+            path = out / name
+            if not (path / "run.json").is_file():
+                fn(cfg, world=world, **kw)
+            runs[name] = _summary(path)
+            write_json(out / "recipe.json", {"preset": preset, "subject": subject, "heldout": heldout,
+                                             "heldout_fraction": heldout_fraction, "runs": runs,
+                                             "wall_time_s_this_call": round(time.perf_counter() - t0, 1),
+                                             "threads": torch.get_num_threads()})
+            return path
+
+        enc = stage("i_encoder", pretrain_encoder,
+                    make(EncoderPretrainConfig, output_dir=str(out / "i_encoder"), exclude_subjects=excl))
+        pre = stage("ii_multisubject", pretrain_multisubject,
+                    make(MultisubjectConfig, output_dir=str(out / "ii_multisubject"), encoder_dir=str(enc),
+                         exclude_subjects=excl), backbone=backbone)
+        main = stage(f"iii_{subject}", refine_subject,
+                     make(RefineConfig, output_dir=str(out / f"iii_{subject}"), init_from=str(pre),
+                          subject=subject), backbone=backbone)
+        if ship_to is not None:
+            ship_reconstructor(main, ship_to)
+        if baselines:
+            stage(f"iii_{subject}_scratch", refine_subject,
+                  make(RefineConfig, output_dir=str(out / f"iii_{subject}_scratch"), init_from=None,
+                       encoder_dir=str(enc), subject=subject), backbone=backbone)
+        if heldout:
+            pct = int(round(100 * heldout_fraction))
+            for init, suffix in ((str(pre), ""), (None, "_scratch")):
+                if init is None and not baselines:
+                    continue
+                name = f"iii_{heldout}_{pct}pct{suffix}"
+                stage(name, refine_subject,
+                      make(RefineConfig, output_dir=str(out / name), init_from=init, encoder_dir=str(enc),
+                           subject=heldout, train_fraction=heldout_fraction), backbone=backbone)
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
+def main(argv=None) -> int:
+    """``python -m brainrecon.training.toy_recipe --out DIR [--preset smoke] [--ship-to DIR]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m brainrecon.training.toy_recipe",
+                                description="Train the toy NeuroPictor reconstructor (stages i-iii) and its "
+                                            "comparison runs; rerun the same command to resume.")
+    p.add_argument("--out", default="runs/neuropictor_toy")
+    p.add_argument("--preset", choices=("default", "smoke"), default="default")
+    p.add_argument("--subject", default="subj01")
+    p.add_argument("--heldout", default="subj08", help="held-out subject ('none' for none)")
+    p.add_argument("--heldout-fraction", type=float, default=0.1)
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--ship-to", default=None, help="copy the refined reconstructor here")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args(argv)
+    out = train_toy_reconstructor(a.out, a.preset, a.subject, None if a.heldout == "none" else a.heldout,
+                                  a.heldout_fraction, not a.no_baselines, a.ship_to, a.threads)
+    print(f"wrote {out}/recipe.json")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
