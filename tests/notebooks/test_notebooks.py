@@ -23,6 +23,11 @@ SMOKE: dict[str, dict] = {
     "01_flatmaps.py": {"PRESET": "smoke", "RESOLUTION": 64, "SUBJECT": "subj02", "SHOW_NSD": True},
     "02_toy_backbones.py": {"N_EVAL": 32, "N_RETRIEVAL": 100, "N_GENERATE": 32, "NUM_INFERENCE_STEPS": 15,
                             "N_SHOW": 4, "GUIDANCE_SCALES": [0.0, 5.0]},
+    "03_calibrated_encoding.py": {"PRESET": "smoke", "STEPS": 80, "N_SHOW": 3},
+    "04_multisubject_pretraining.py": {"PRESET": "smoke", "STEPS": 16, "CFG_STEPS": 4, "N_SHOW": 4,
+                                       "NUM_INFERENCE_STEPS": 5},
+    "05_single_subject_refining.py": {"PRESET": "smoke", "STEPS": 8, "CFG_STEPS": 4, "N_TEST": 8,
+                                      "NUM_INFERENCE_STEPS": 4, "N_SHOW": 4},
     "07_evaluate.py": {"N_IMAGES": 24, "FEATURE_SET": "toy"},
 }
 
@@ -133,3 +138,39 @@ def test_07_evaluate(tmp_path):
         assert rec[k] > shuf[k], k                         # degraded but paired beats shuffled
     assert 0.3 < rec["pixcorr"] < 0.95
     assert rec["brain_corr_visual"] > 0
+
+
+@pytest.mark.notebook
+def test_03_calibrated_encoding(tmp_path):
+    m = run_notebook("03_calibrated_encoding.py", tmp_path)
+    assert m["steps"] == 80 and m["loss_final"] < m["loss_first"]
+    # the guide token carries more than the mean map: lower masked MSE on held-out maps
+    assert m["mse"] < m["baseline_mse"] and m["r2"] > 0
+    assert len(m["subjects"]) == 3 and m["n_maps"] > 0
+    for fig in m["figures"]:
+        assert (tmp_path / "03_calibrated_encoding" / fig).is_file()
+
+
+@pytest.mark.notebook
+def test_04_multisubject_pretraining(tmp_path):
+    m = run_notebook("04_multisubject_pretraining.py", tmp_path)
+    main = m["losses"]["main"]
+    assert m["steps"] == {"main": 16, "cfg": 4}
+    assert main["semantic_final"] < main["semantic_first"] and main["loss_final"] < main["loss_first"]
+    assert len(m["subjects"]) == 3 and m["noise_mse"] > 0 and m["noise_mse_no_brain"] > 0
+    assert m["n_reconstructions"] == 4 and m["image_shape"] == [3, 32, 32]
+    for fig in m["figures"]:
+        assert (tmp_path / "04_multisubject_pretraining" / fig).is_file()
+
+
+@pytest.mark.notebook
+def test_05_single_subject_refining(tmp_path):
+    m = run_notebook("05_single_subject_refining.py", tmp_path)
+    assert m["init"] == {"refined": "stage ii", "scratch": "scratch"} and m["n_test"] == 8
+    for name in ("refined", "scratch"):
+        assert m["losses"][name]["main"]["steps"] == 8 and m["losses"][name]["cfg"]["steps"] == 4
+        assert 0 <= m["metrics"][name]["ssim"] <= 1 and -1 <= m["metrics"][name]["pixcorr"] <= 1
+    assert set(m["metrics"]["refined"]) == set(m["metrics"]["scratch"])
+    assert 0 <= m["refined_win_share"] <= 1
+    for fig in m["figures"]:
+        assert (tmp_path / "05_single_subject_refining" / fig).is_file()
