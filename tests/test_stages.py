@@ -200,3 +200,12 @@ def test_clear_errors(chain, world, backbone, tmp_path):
                               world=world, backbone=backbone)
     with pytest.raises(InvalidInputError, match="train_fraction"):
         refine_subject(RefineConfig.smoke(output_dir=str(tmp_path / "x"), train_fraction=0.0), world=world)
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(world, backbone, tmp_path):
+    cfg = RefineConfig.smoke(steps=3, cfg_steps=0, init_from=None)
+    a = refine_subject(replace(cfg, output_dir=str(tmp_path / "a")), world=world, backbone=backbone)
+    b = refine_subject(replace(cfg, output_dir=str(tmp_path / "b"), gradient_checkpointing=True), world=world,
+                       backbone=backbone)
+    assert read(a, "history.json") == read(b, "history.json")
+    assert not backbone.unet.is_gradient_checkpointing          # the shared backbone is left as it was
