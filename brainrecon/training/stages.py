@@ -34,14 +34,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..errors import InvalidInputError, check_choice
 from ..io import atomic_dir, write_json
 from . import stage_data as sd
 from .loop import FitConfig, fit
-from .stage_eval import score_denoiser, score_encoder
+from .stage_denoise import train_denoiser
+from .stage_eval import score_encoder
 from .stage_run import RunContext, read_stage_config
 
 __all__ = ["EncoderPretrainConfig", "MultisubjectConfig", "RefineConfig", "pretrain_encoder",
@@ -247,72 +246,6 @@ def pretrain_encoder(config: EncoderPretrainConfig, *, world=None, callbacks=())
 
 
 # =============================================================================== stages ii, iii
-class _DenoisingObjective(nn.Module):
-    """``L = L_dif + λ·L_sem`` (NeuroPictor Eq. 8, 9, 3) with CFG dropout of ``F^sem``.
-
-    Holds the trainable :class:`~brainrecon.models.NeuroPictorModel`; the frozen U-Net is kept
-    outside the module tree (never checkpointed, never handed to the optimizer).
-    """
-
-    def __init__(self, model, unet, scheduler, empty_text, semantic_weight: float, drop: float):
-        super().__init__()
-        self.model = model
-        self.frozen = {"unet": unet, "scheduler": scheduler}
-        self.register_buffer("empty_text", empty_text.float(), persistent=False)
-        self.semantic_weight, self.drop = float(semantic_weight), float(drop)
-
-    def forward(self, maps, latents, text):
-        unet, sched = self.frozen["unet"], self.frozen["scheduler"]
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(latents),), device=latents.device)
-        noisy = sched.add_noise(latents, noise, t)
-        tokens = self.model.encode(maps)                                        # Eq. 1
-        sem, txt = self.model.semantic_condition(fmri_tokens=tokens, return_text_features=True)  # Eq. 2, 4
-        if self.drop > 0:                                                      # CFG phase (§4.1)
-            gone = torch.rand(len(sem), device=sem.device) < self.drop
-            sem = torch.where(gone[:, None, None], self.empty_text.to(sem.dtype), sem)
-        pred = self.model.predict_noise(unet, noisy, t, fmri_tokens=tokens, semantic_condition=sem)
-        kind = sched.config.prediction_type
-        target = noise if kind == "epsilon" else sched.get_velocity(latents, noise, t)
-        dif = F.mse_loss(pred.float(), target.float())                         # Eq. 8
-        sem_loss = F.mse_loss(txt.float(), text.float())                       # Eq. 3 (mean over elements)
-        return dif + self.semantic_weight * sem_loss, dif.detach(), sem_loss.detach()
-
-
-def _train_denoiser(run, cfg, model, train, test, backbone, tag: int) -> dict:
-    from diffusers import DDPMScheduler
-
-    unet = backbone.unet.to(run.device).eval().requires_grad_(False)
-    sched = DDPMScheduler.from_config(backbone.scheduler.config)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-        model.llmn.controlnet.enable_gradient_checkpointing()
-    model.encoder.requires_grad_(bool(cfg.train_encoder))
-    results = {}
-    for phase, steps, lr, drop in (("main", cfg.steps, cfg.lr, 0.0), ("cfg", cfg.cfg_steps, cfg.cfg_lr, cfg.cfg_drop)):
-        objective = _DenoisingObjective(model, unet, sched, train.empty_text, cfg.semantic_weight, drop)
-
-        def batches(step, _tag=tag * 10 + len(results)):
-            return train.batch(sd.sample_indices(len(train), cfg.batch_size, cfg.seed, _tag, step, run.rank))
-
-        def loss_fn(obj, b, step):
-            loss, dif, sem = obj(b["maps"], b["latents"], b["text"])
-            return loss, {"diffusion": dif, "semantic": sem}
-
-        desc = f"{run.stage_label} · {'CFG phase' if phase == 'cfg' else 'main'}"
-        res = run.fit(objective, loss_fn, batches, cfg.fit_config(steps, lr, desc, tag=len(results)), phase)
-        model = res.model.model
-        results[phase] = res
-    if cfg.gradient_checkpointing:
-        unet.disable_gradient_checkpointing()
-        model.llmn.controlnet.disable_gradient_checkpointing()
-    model = model.float().eval()
-    counts = torch.bincount(train.text_index, minlength=len(train.text_table)).float()
-    mean_text = (counts[:, None, None] * train.text_table.float()).sum(0) / counts.sum()
-    metrics = score_denoiser(model, unet, sched, test, mean_text, n=cfg.n_eval, seed=cfg.seed)
-    return model, results, metrics
-
-
 def _load_encoder(cfg, run):
     """Stage-i encoder (decoder dropped) and the flatmap settings it was trained on."""
     from ..models import CalibratedEncoder
@@ -366,7 +299,7 @@ def pretrain_multisubject(config: MultisubjectConfig, *, world=None, backbone=No
         model = NeuroPictorModel.from_backbone(bb, encoder, use_auxiliary=False,
                                                hlgn_hidden_tokens=cfg.hlgn_hidden_tokens,
                                                llmn_hidden_tokens=cfg.llmn_hidden_tokens)
-        model, results, metrics = _train_denoiser(run, cfg, model, train, test, bb, tag=2)
+        model, results, metrics = train_denoiser(run, cfg, model, train, test, bb, tag=2)
         metrics["subjects"] = subjects
         run.save_model(model, bb, res, crop, subject=None)
         run.finish(metrics, results, flatmap={"resolution": res, "crop": crop})
@@ -422,7 +355,7 @@ def refine_subject(config: RefineConfig, *, world=None, backbone=None, callbacks
             keep = torch.randperm(len(train), generator=g)[: max(1, round(cfg.train_fraction * len(train)))]
             train = train.subset(keep.sort().values)
         test = sd.cache_stage_data(run.dataset([subject], "test", res, crop, "average"), bb, progress=False)
-        model, results, metrics = _train_denoiser(run, cfg, model, train, test, bb, tag=3)
+        model, results, metrics = train_denoiser(run, cfg, model, train, test, bb, tag=3)
         metrics.update(subject=subject, n_train_rows=len(train), init="stage ii" if cfg.init_from else "scratch")
         run.save_model(model, bb, res, crop, subject=subject)
         run.finish(metrics, results, flatmap={"resolution": res, "crop": crop})
