@@ -158,7 +158,7 @@ def swap_grid(pipe, maps_a, maps_b, seed: int = 0, **call_kwargs) -> torch.Tenso
     pipe.set_progress_bar_config(disable=True)
     rows = []
     for i in range(len(a)):
-        rows.append(pipe(a[i:i + 1].expand(len(b), -1, -1, -1), semantic_source=b,
+        rows.append(pipe(a[i:i + 1].repeat(len(b), 1, 1, 1), semantic_source=b,
                          generator=_generators(seed, [i] * len(b)), **call_kwargs).images)
     return torch.stack(rows)
 

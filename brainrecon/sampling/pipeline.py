@@ -39,6 +39,8 @@ __all__ = ["BrainToImagePipeline", "load_reconstructor", "TOY_RECONSTRUCTOR_DIR"
 #: Folder of the shipped toy reconstructor (light layout, trained by ``refine_subject``).
 TOY_RECONSTRUCTOR_DIR = Path(__file__).resolve().parent.parent / "weights" / "neuropictor_toy"
 _OUTPUT_TYPES = ("pt", "np", "pil", "latent")
+#: keys of backbone.json / pipeline.json read by from_pretrained; any others land in ``pipe.info``
+_KNOWN = ("_class_name", "backbone", "backbone_source", "guidance_scale", "num_inference_steps", "flatmap", "info")
 _HINT = ("A reconstructor folder holds model/ (NeuroPictorModel.save_pretrained) and either backbone.json "
          "({\"backbone\": \"toy\"} or a backbone folder) or the backbone parts unet/ vae/ scheduler/. "
          "Write one with BrainToImagePipeline.save_pretrained or the refine_subject stage.")
@@ -51,7 +53,7 @@ def _as_maps(maps, name: str) -> torch.Tensor:
     if x.ndim == 3:                      # one map (1, H, W): make it a batch of one
         x = x[None]
     check_finite(x, name)
-    return x.float()
+    return x.float().contiguous()  # strided views (e.g. expand) would slow every later conv
 
 
 class BrainToImagePipeline(DiffusionPipeline):
@@ -95,6 +97,8 @@ class BrainToImagePipeline(DiffusionPipeline):
             raise InvalidInputError(f"empty_prompt_embeds must be (1, L_T, {want[0]}) (the U-Net's "
                                     f"cross_attention_dim); got {tuple(empty_prompt_embeds.shape)}.")
         self.empty_prompt_embeds = empty_prompt_embeds.detach()[:1].float().cpu()
+        #: what the reconstructor's folder says besides the known settings (e.g. ``toyworld``, ``subject``)
+        self.info = {}
         if flatmap is None:
             flatmap = {"resolution": list(neuropictor.encoder.image_hw)}
         self.register_to_config(default_guidance_scale=float(default_guidance_scale),
@@ -323,7 +327,7 @@ class BrainToImagePipeline(DiffusionPipeline):
             write_json(tmp / "pipeline.json", {
                 "_class_name": type(self).__name__, "guidance_scale": self.config.default_guidance_scale,
                 "num_inference_steps": self.config.default_num_inference_steps, "flatmap": dict(self.config.flatmap),
-                "backbone_source": source})
+                "backbone_source": source, "info": {k: v for k, v in self.info.items() if k != "path"}})
         return save_directory
 
     @classmethod
@@ -358,8 +362,12 @@ class BrainToImagePipeline(DiffusionPipeline):
 
             bb = load_backbone(_resolve_backbone(d, settings.get("backbone")), device=device, dtype=dtype)
             model.to(device or "cpu")
-            return cls.from_backbone(bb, model if dtype is None else model.to(dtype), **defaults)
-        return cls._from_parts(d, model, defaults, settings, device, dtype)
+            pipe = cls.from_backbone(bb, model if dtype is None else model.to(dtype), **defaults)
+        else:
+            pipe = cls._from_parts(d, model, defaults, settings, device, dtype)
+        pipe.info = {**{k: v for k, v in settings.items() if k not in _KNOWN}, **settings.get("info", {}),
+                     "path": str(d)}
+        return pipe
 
     @classmethod
     def _from_parts(cls, d: Path, model, defaults: dict, settings: dict, device, dtype):
