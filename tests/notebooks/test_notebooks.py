@@ -28,6 +28,8 @@ SMOKE: dict[str, dict] = {
                                        "NUM_INFERENCE_STEPS": 5},
     "05_single_subject_refining.py": {"PRESET": "smoke", "STEPS": 8, "CFG_STEPS": 4, "N_TEST": 8,
                                       "NUM_INFERENCE_STEPS": 4, "N_SHOW": 4},
+    "06_reconstruct_and_explore.py": {"WORLD_PRESET": "smoke", "N_TEST": 6, "NUM_INFERENCE_STEPS": 3, "N_SHOW": 3,
+                                      "N_SWAP": 2, "ALPHAS": [0.0, 1.0]},
     "07_evaluate.py": {"N_IMAGES": 24, "FEATURE_SET": "toy"},
 }
 
@@ -174,3 +176,24 @@ def test_05_single_subject_refining(tmp_path):
     assert 0 <= m["refined_win_share"] <= 1
     for fig in m["figures"]:
         assert (tmp_path / "05_single_subject_refining" / fig).is_file()
+
+
+@pytest.mark.notebook
+def test_06_reconstruct_and_explore(tmp_path):
+    from brainrecon.sampling import TOY_RECONSTRUCTOR_DIR
+
+    params = {}
+    if not (TOY_RECONSTRUCTOR_DIR / "model").is_dir():  # not shipped yet: a tiny random one
+        from reconstructor_helpers import write_tiny_reconstructor
+
+        params["RECONSTRUCTOR"] = str(write_tiny_reconstructor(tmp_path / "tiny"))
+    m = run_notebook("06_reconstruct_and_explore.py", tmp_path, **params)
+    assert m["n_test"] == 6 and m["num_inference_steps"] == 3 and m["image_shape"] == [3, 32, 32]
+    assert set(m["alpha"]) == {"0", "1"} and "0" in m["guidance"] and len(m["guidance"]) == 2
+    for figures in [*m["alpha"].values(), *m["guidance"].values()]:
+        assert 0 <= figures["category_acc"] <= 1 and -1 <= figures["ssim"] <= 1 and figures["position_error"] >= 0
+    assert m["swap"]["n_pairs"] == 6 and 0 <= m["swap"]["category_follows_semantic"] <= 1
+    # same seeds: α = 0 reproduces itself, α = 1 moves the images (the LLMN acts)
+    assert m["sweep_alpha_change"]["0"] == 0 and m["sweep_alpha_change"]["1"] > 1e-4
+    for fig in m["figures"]:
+        assert (tmp_path / "06_reconstruct_and_explore" / fig).is_file()
