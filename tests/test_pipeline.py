@@ -235,7 +235,7 @@ def test_errors_name_what_is_wrong(env, tmp_path, monkeypatch):
     p.neuropictor.save_pretrained(tmp_path / "half" / "model")
     with pytest.raises(CheckpointError, match=r"unet/config.json.*empty_prompt_embeds"):
         load_reconstructor(tmp_path / "half")
-    import brainrecon.sampling.pipeline as mod
+    import brainrecon.sampling.folders as mod
 
     monkeypatch.setattr(mod, "TOY_RECONSTRUCTOR_DIR", tmp_path / "not-shipped")
     with pytest.raises(DataNotFoundError, match="shipped toy reconstructor"):

@@ -8,12 +8,13 @@ from importlib import import_module
 
 _EXPORTS = {
     "denoise_latents": "denoise", "prepare_scheduler": "denoise", "combine_guidance": "denoise",
-    "BrainToImagePipeline": "pipeline", "load_reconstructor": "pipeline",
-    "TOY_RECONSTRUCTOR_DIR": "pipeline",
+    "BrainToImagePipeline": "pipeline", "load_reconstructor": "folders",
+    "TOY_RECONSTRUCTOR_DIR": "folders", "save_reconstructor_folder": "folders",
+    "load_reconstructor_folder": "folders",
     "reconstruct": "explore", "sweep_control_scale": "explore", "swap_grid": "explore",
     "evaluate_reconstructor": "explore", "make_test_maps": "explore", "plot_control_sweep": "explore",
     "plot_swap_grid": "explore",
-    "write_demo_report": "demo",
+    "write_demo_report": "demo", "make_demo_world": "demo",
 }
 __all__ = sorted(_EXPORTS)
 

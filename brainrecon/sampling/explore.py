@@ -234,8 +234,10 @@ def evaluate_reconstructor(pipe, world, subject: str, alphas=(0.0, 1.0), guidanc
         ``table``: tidy DataFrame (``condition, control_scale, guidance_scale, metric, value,
         ci_low, ci_high, n``); ``metrics``: JSON-ready nested dict — ``alpha`` and ``guidance``
         (``{scale: {metric: value}}``), ``swap`` (``category_follows_semantic``,
-        ``category_follows_layout``, ``position_follows_layout``, position errors to both
-        sources), ``n_test``, ``seed``, ``num_inference_steps``, ``guidance_scale``;
+        ``category_follows_layout``, ``position_follows_layout`` — the main object is closer to
+        the layout source's than to the semantic source's (0.5 when position follows neither),
+        ``both_follow``, position errors to both sources), ``n_test``, ``seed``,
+        ``num_inference_steps``, ``guidance_scale``;
         ``images``: ``{condition name: (N, 3, H, W)}`` and ``data`` (from :func:`make_test_maps`).
     """
     import pandas as pd
@@ -287,6 +289,7 @@ def evaluate_reconstructor(pipe, world, subject: str, alphas=(0.0, 1.0), guidanc
     swap = {"category_follows_semantic": float(sem["category_ok"].mean()),
             "category_follows_layout": float(own["category_ok"].mean()),
             "position_follows_layout": float((own["position_error"] < sem["position_error"]).mean()),
+            "both_follow": float((sem["category_ok"] * (own["position_error"] < sem["position_error"])).mean()),
             "position_error_to_layout": float(own["position_error"].mean()),
             "position_error_to_semantic": float(sem["position_error"].mean()),
             "n_pairs": int(len(partner))}

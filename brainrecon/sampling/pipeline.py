@@ -10,20 +10,11 @@ control scale ``α`` (Eq. 7) through the shared loop of :mod:`brainrecon.samplin
 * **semantic swap** — ``semantic_source`` gives other scans whose ``F^sem`` replaces the
   high-level features while ``maps`` keeps the low-level ones (official ``exchange`` hook).
 
-Saved reconstructor folders (:meth:`~BrainToImagePipeline.save_pretrained`) come in two layouts,
-both read by :meth:`~BrainToImagePipeline.from_pretrained` / :func:`load_reconstructor`:
-
-* **light** — ``model/`` (``NeuroPictorModel.save_pretrained``) + ``backbone.json``
-  (``{"backbone": "toy"}`` or a folder, relative to the reconstructor or absolute); this is what
-  the ``refine_subject`` stage writes and what ships in ``brainrecon/weights/neuropictor_toy/``;
-* **full** — ``model/`` + ``unet/ vae/ scheduler/`` (+ ``text_encoder/ tokenizer/``) +
-  ``empty_prompt_embeds.safetensors``.
-
-Both may hold ``pipeline.json`` (sampling defaults and the flatmap projector's settings).
+Saved reconstructor folders (light: ``model/`` + ``backbone.json``, as ``refine_subject`` writes them;
+full: with the backbone's parts) are described in :mod:`brainrecon.sampling.folders`.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -31,19 +22,14 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, check_choice, check_finite
+from ..errors import InvalidInputError, check_choice, check_finite
 from .denoise import denoise_latents
+from .folders import (TOY_RECONSTRUCTOR_DIR, load_reconstructor, load_reconstructor_folder,  # noqa: F401 (re-exports)
+                      save_reconstructor_folder)
 
 __all__ = ["BrainToImagePipeline", "load_reconstructor", "TOY_RECONSTRUCTOR_DIR"]
 
-#: Folder of the shipped toy reconstructor (light layout, trained by ``refine_subject``).
-TOY_RECONSTRUCTOR_DIR = Path(__file__).resolve().parent.parent / "weights" / "neuropictor_toy"
 _OUTPUT_TYPES = ("pt", "np", "pil", "latent")
-#: keys of backbone.json / pipeline.json read by from_pretrained; any others land in ``pipe.info``
-_KNOWN = ("_class_name", "backbone", "backbone_source", "guidance_scale", "num_inference_steps", "flatmap", "info")
-_HINT = ("A reconstructor folder holds model/ (NeuroPictorModel.save_pretrained) and either backbone.json "
-         "({\"backbone\": \"toy\"} or a backbone folder) or the backbone parts unet/ vae/ scheduler/. "
-         "Write one with BrainToImagePipeline.save_pretrained or the refine_subject stage.")
 
 
 def _as_maps(maps, name: str) -> torch.Tensor:
@@ -299,40 +285,15 @@ class BrainToImagePipeline(DiffusionPipeline):
         ----------
         save_directory : path-like
         save_backbone : bool, optional
-            ``False``: only ``model/`` + ``backbone.json`` pointing at :attr:`backbone_source`
+            ``False``: only ``model/`` + ``backbone.json`` pointing at ``config.backbone_source``
             (``"toy"`` or the backbone folder); ``True``: also the backbone's parts. Default: light
-            for the shipped toy backbone, full otherwise.
+            for the shipped toy backbone, full otherwise (layouts: :mod:`brainrecon.sampling.folders`).
         """
-        from ..io import atomic_dir, write_json
-
-        source = self.config.backbone_source
-        light = (source == "toy") if save_backbone is None else not save_backbone
-        if light and source is None:
-            raise InvalidInputError("this pipeline does not know its backbone's folder (it was not built with "
-                                    "from_backbone on a saved backbone); use save_backbone=True.")
-        save_directory = Path(save_directory)
-        with atomic_dir(save_directory) as tmp:
-            self.neuropictor.save_pretrained(tmp / "model")
-            if light:
-                write_json(tmp / "backbone.json", {"backbone": source})
-            else:
-                for name in ("unet", "vae", "scheduler", "text_encoder", "tokenizer"):
-                    part = getattr(self, name, None)
-                    if part is not None:
-                        part.save_pretrained(tmp / name)
-                from safetensors.torch import save_file
-
-                save_file({"empty_prompt_embeds": self.empty_prompt_embeds.contiguous()},
-                          str(tmp / "empty_prompt_embeds.safetensors"))
-            write_json(tmp / "pipeline.json", {
-                "_class_name": type(self).__name__, "guidance_scale": self.config.default_guidance_scale,
-                "num_inference_steps": self.config.default_num_inference_steps, "flatmap": dict(self.config.flatmap),
-                "backbone_source": source, "info": {k: v for k, v in self.info.items() if k != "path"}})
-        return save_directory
+        return save_reconstructor_folder(self, save_directory, save_backbone)
 
     @classmethod
     def from_pretrained(cls, directory, device=None, dtype: torch.dtype | None = None, **kwargs):
-        """Load a reconstructor folder (light or full layout; see the module docstring).
+        """Load a reconstructor folder (light or full layout, :mod:`brainrecon.sampling.folders`).
 
         Parameters
         ----------
@@ -342,87 +303,7 @@ class BrainToImagePipeline(DiffusionPipeline):
         **kwargs
             ``guidance_scale``, ``num_inference_steps`` or ``flatmap`` override the saved defaults.
         """
-        from ..models import NeuroPictorModel
-
-        d = Path(directory).expanduser()
-        if not d.is_dir():
-            raise DataNotFoundError(f"the reconstructor folder {str(directory)!r}", [d], hint=_HINT)
-        if not (d / "model").is_dir():
-            raise CheckpointError(f"{d} is not a reconstructor folder: {d / 'model'} is missing. {_HINT}")
-        settings = {}
-        for name in ("backbone.json", "pipeline.json"):
-            if (d / name).is_file():
-                settings.update(json.loads((d / name).read_text()))
-        model = NeuroPictorModel.from_pretrained(d / "model")
-        defaults = dict(guidance_scale=kwargs.get("guidance_scale", settings.get("guidance_scale")),
-                        num_inference_steps=kwargs.get("num_inference_steps", settings.get("num_inference_steps")),
-                        flatmap=kwargs.get("flatmap", settings.get("flatmap")))
-        if (d / "backbone.json").is_file():
-            from ..backbones import load_backbone
-
-            bb = load_backbone(_resolve_backbone(d, settings.get("backbone")), device=device, dtype=dtype)
-            model.to(device or "cpu")
-            pipe = cls.from_backbone(bb, model if dtype is None else model.to(dtype), **defaults)
-        else:
-            pipe = cls._from_parts(d, model, defaults, settings, device, dtype)
-        pipe.info = {**{k: v for k, v in settings.items() if k not in _KNOWN}, **settings.get("info", {}),
-                     "path": str(d)}
-        return pipe
-
-    @classmethod
-    def _from_parts(cls, d: Path, model, defaults: dict, settings: dict, device, dtype):
-        import diffusers
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        need = [d / "unet" / "config.json", d / "vae" / "config.json", d / "scheduler" / "scheduler_config.json"]
-        has_te = (d / "text_encoder" / "config.json").is_file()
-        if not has_te:
-            need.append(d / "empty_prompt_embeds.safetensors")
-        missing = [p for p in need if not p.is_file()]
-        if missing:
-            raise CheckpointError(f"{d} has model/ but neither backbone.json nor the backbone parts; missing: "
-                                  + ", ".join(str(p) for p in missing) + f". {_HINT}")
-        unet = UNet2DConditionModel.from_pretrained(d / "unet")
-        vae = AutoencoderKL.from_pretrained(d / "vae")
-        sched_cfg = json.loads((d / "scheduler" / "scheduler_config.json").read_text())
-        sched = getattr(diffusers, sched_cfg.get("_class_name", "DDIMScheduler"), diffusers.DDIMScheduler)
-        scheduler = sched.from_pretrained(d / "scheduler")
-        text_encoder = tokenizer = empty = None
-        if (d / "empty_prompt_embeds.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            empty = load_file(str(d / "empty_prompt_embeds.safetensors"))["empty_prompt_embeds"]
-        if has_te:
-            from transformers import AutoTokenizer
-
-            from ..backbones.hub import _transformers_class
-
-            te_cls = _transformers_class(d / "text_encoder", ("CLIPTextModel", "CLIPTextModelWithProjection"),
-                                         "CLIPTextModel")
-            text_encoder = te_cls.from_pretrained(d / "text_encoder").eval().requires_grad_(False)
-            tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer")
-        for m in (unet, vae, model, text_encoder):
-            if m is not None:
-                m.to(device or "cpu").eval().requires_grad_(False)
-                if dtype is not None:
-                    m.to(dtype)
-        gs, steps = defaults["guidance_scale"], defaults["num_inference_steps"]
-        return cls(unet, vae, scheduler, model, text_encoder=text_encoder, tokenizer=tokenizer,
-                   empty_prompt_embeds=empty, default_guidance_scale=5.0 if gs is None else gs,
-                   default_num_inference_steps=50 if steps is None else steps,
-                   backbone_source=settings.get("backbone_source"), flatmap=defaults["flatmap"])
-
-
-def _resolve_backbone(d: Path, source):
-    if source is None:
-        raise CheckpointError(f"{d / 'backbone.json'} has no 'backbone' entry; write {{\"backbone\": \"toy\"}} "
-                              "or the backbone folder.")
-    if source == "toy":
-        return "toy"
-    p = Path(str(source)).expanduser()
-    if not p.is_absolute() and (d / p).is_dir():
-        return d / p
-    return str(source) if not p.is_dir() else p
+        return load_reconstructor_folder(cls, directory, device=device, dtype=dtype, **kwargs)
 
 
 def _encode_empty(text_encoder, tokenizer) -> torch.Tensor:
@@ -433,18 +314,3 @@ def _encode_empty(text_encoder, tokenizer) -> torch.Tensor:
                                                              False) else None
     with torch.no_grad():
         return text_encoder(ids, attention_mask=mask, return_dict=True).last_hidden_state
-
-
-def load_reconstructor(path=None, device=None, dtype: torch.dtype | None = None, **kwargs) -> BrainToImagePipeline:
-    """Load a saved reconstructor; default the shipped toy one (``brainrecon/weights/neuropictor_toy``).
-
-    Raises :class:`~brainrecon.errors.DataNotFoundError` naming the folder when it is missing.
-    """
-    if path is None:
-        if not (TOY_RECONSTRUCTOR_DIR / "model").is_dir():
-            raise DataNotFoundError("the shipped toy reconstructor", [TOY_RECONSTRUCTOR_DIR, TOY_RECONSTRUCTOR_DIR /
-                                                                       "model"], data_card="neuropictor_toy.md",
-                                    hint="Train one with the NeuroPictor stages (refine_subject writes model/ + "
-                                         "backbone.json) and pass its folder.")
-        path = TOY_RECONSTRUCTOR_DIR
-    return BrainToImagePipeline.from_pretrained(path, device=device, dtype=dtype, **kwargs)

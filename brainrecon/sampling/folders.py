@@ -1,0 +1,179 @@
+"""Reconstructor folders: what :class:`~brainrecon.sampling.BrainToImagePipeline` saves and loads.
+
+Two layouts, both read by :func:`load_reconstructor_folder` (``BrainToImagePipeline.from_pretrained``):
+
+* **light** — ``model/`` (``NeuroPictorModel.save_pretrained``) + ``backbone.json``
+  (``{"backbone": "toy"}`` or a backbone folder, relative to the reconstructor or absolute); this is
+  what the ``refine_subject`` stage writes and what ships in ``brainrecon/weights/neuropictor_toy/``;
+* **full** — ``model/`` + ``unet/ vae/ scheduler/`` (+ ``text_encoder/ tokenizer/``) +
+  ``empty_prompt_embeds.safetensors``.
+
+Both may hold ``pipeline.json`` (sampling defaults, flatmap settings, ``info``). Keys of
+``backbone.json`` / ``pipeline.json`` that are not settings (``subject``, ``stage``...) end up in
+``pipe.info``, with ``path``, the folder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, DataNotFoundError, InvalidInputError
+
+__all__ = ["save_reconstructor_folder", "load_reconstructor_folder", "load_reconstructor", "TOY_RECONSTRUCTOR_DIR"]
+
+#: Folder of the shipped toy reconstructor (light layout, trained by ``refine_subject``).
+TOY_RECONSTRUCTOR_DIR = Path(__file__).resolve().parent.parent / "weights" / "neuropictor_toy"
+#: keys of backbone.json / pipeline.json read as settings; any others land in ``pipe.info``
+_KNOWN = ("_class_name", "backbone", "backbone_source", "guidance_scale", "num_inference_steps", "flatmap", "info")
+_HINT = ("A reconstructor folder holds model/ (NeuroPictorModel.save_pretrained) and either backbone.json "
+         "({\"backbone\": \"toy\"} or a backbone folder) or the backbone parts unet/ vae/ scheduler/. "
+         "Write one with BrainToImagePipeline.save_pretrained or the refine_subject stage.")
+
+
+def save_reconstructor_folder(pipe, save_directory, save_backbone: bool | None = None) -> Path:
+    """Write ``pipe`` to ``save_directory`` atomically (see ``BrainToImagePipeline.save_pretrained``)."""
+    from ..io import atomic_dir, write_json
+
+    source = pipe.config.backbone_source
+    light = (source == "toy") if save_backbone is None else not save_backbone
+    if light and source is None:
+        raise InvalidInputError("this pipeline does not know its backbone's folder (it was not built with "
+                                "from_backbone on a saved backbone); use save_backbone=True.")
+    save_directory = Path(save_directory)
+    with atomic_dir(save_directory) as tmp:
+        pipe.neuropictor.save_pretrained(tmp / "model")
+        if light:
+            write_json(tmp / "backbone.json", {"backbone": source})
+        else:
+            for name in ("unet", "vae", "scheduler", "text_encoder", "tokenizer"):
+                part = getattr(pipe, name, None)
+                if part is not None:
+                    part.save_pretrained(tmp / name)
+            from safetensors.torch import save_file
+
+            save_file({"empty_prompt_embeds": pipe.empty_prompt_embeds.contiguous()},
+                      str(tmp / "empty_prompt_embeds.safetensors"))
+        write_json(tmp / "pipeline.json", {
+            "_class_name": type(pipe).__name__, "guidance_scale": pipe.config.default_guidance_scale,
+            "num_inference_steps": pipe.config.default_num_inference_steps, "flatmap": dict(pipe.config.flatmap),
+            "backbone_source": source, "info": {k: v for k, v in pipe.info.items() if k != "path"}})
+    return save_directory
+
+
+def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | None = None, **overrides):
+    """A ``cls`` (``BrainToImagePipeline``) from a light or full reconstructor folder."""
+    from ..models import NeuroPictorModel
+
+    d = Path(directory).expanduser()
+    if not d.is_dir():
+        raise DataNotFoundError(f"the reconstructor folder {str(directory)!r}", [d], hint=_HINT)
+    if not (d / "model").is_dir():
+        raise CheckpointError(f"{d} is not a reconstructor folder: {d / 'model'} is missing. {_HINT}")
+    settings = {}
+    for name in ("backbone.json", "pipeline.json"):
+        if (d / name).is_file():
+            settings.update(json.loads((d / name).read_text()))
+    model = NeuroPictorModel.from_pretrained(d / "model")
+    defaults = {k: overrides.get(k, settings.get(k)) for k in ("guidance_scale", "num_inference_steps", "flatmap")}
+    if (d / "backbone.json").is_file():
+        from ..backbones import load_backbone
+
+        bb = load_backbone(_resolve_backbone(d, settings.get("backbone")), device=device, dtype=dtype)
+        model.to(device or "cpu")
+        pipe = cls.from_backbone(bb, model if dtype is None else model.to(dtype), **defaults)
+    else:
+        pipe = _from_parts(cls, d, model, defaults, settings, device, dtype)
+    pipe.info = {**{k: v for k, v in settings.items() if k not in _KNOWN}, **settings.get("info", {}),
+                 "path": str(d)}
+    return pipe
+
+
+def _from_parts(cls, d: Path, model, defaults: dict, settings: dict, device, dtype):
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    need = [d / "unet" / "config.json", d / "vae" / "config.json", d / "scheduler" / "scheduler_config.json"]
+    has_te = (d / "text_encoder" / "config.json").is_file()
+    if not has_te:
+        need.append(d / "empty_prompt_embeds.safetensors")
+    missing = [p for p in need if not p.is_file()]
+    if missing:
+        raise CheckpointError(f"{d} has model/ but neither backbone.json nor the backbone parts; missing: "
+                              + ", ".join(str(p) for p in missing) + f". {_HINT}")
+    unet = UNet2DConditionModel.from_pretrained(d / "unet")
+    vae = AutoencoderKL.from_pretrained(d / "vae")
+    sched_cfg = json.loads((d / "scheduler" / "scheduler_config.json").read_text())
+    sched = getattr(diffusers, sched_cfg.get("_class_name", "DDIMScheduler"), diffusers.DDIMScheduler)
+    scheduler = sched.from_pretrained(d / "scheduler")
+    text_encoder = tokenizer = empty = None
+    if (d / "empty_prompt_embeds.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        empty = load_file(str(d / "empty_prompt_embeds.safetensors"))["empty_prompt_embeds"]
+    if has_te:
+        from transformers import AutoTokenizer
+
+        from ..backbones.hub import _transformers_class
+
+        te_cls = _transformers_class(d / "text_encoder", ("CLIPTextModel", "CLIPTextModelWithProjection"),
+                                     "CLIPTextModel")
+        text_encoder = te_cls.from_pretrained(d / "text_encoder")
+        tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer")
+    for m in (unet, vae, model, text_encoder):
+        if m is not None:
+            m.to(device or "cpu").eval().requires_grad_(False)
+            if dtype is not None:
+                m.to(dtype)
+    gs, steps = defaults["guidance_scale"], defaults["num_inference_steps"]
+    return cls(unet, vae, scheduler, model, text_encoder=text_encoder, tokenizer=tokenizer,
+               empty_prompt_embeds=empty, default_guidance_scale=5.0 if gs is None else gs,
+               default_num_inference_steps=50 if steps is None else steps,
+               backbone_source=settings.get("backbone_source"), flatmap=defaults["flatmap"])
+
+
+def _resolve_backbone(d: Path, source):
+    if source is None:
+        raise CheckpointError(f"{d / 'backbone.json'} has no 'backbone' entry; write {{\"backbone\": \"toy\"}} "
+                              "or the backbone folder.")
+    if source == "toy":
+        return "toy"
+    p = Path(str(source)).expanduser()
+    if not p.is_absolute() and (d / p).is_dir():
+        return d / p
+    return str(source) if not p.is_dir() else p
+
+
+def load_reconstructor(path=None, device=None, dtype: torch.dtype | None = None, **kwargs):
+    """Load a saved reconstructor; default the shipped toy one (``brainrecon/weights/neuropictor_toy``).
+
+    Parameters
+    ----------
+    path : path-like, optional
+        A reconstructor folder (light or full layout).
+    device, dtype : optional
+    **kwargs
+        ``guidance_scale``, ``num_inference_steps`` or ``flatmap`` override the saved defaults.
+
+    Returns
+    -------
+    BrainToImagePipeline
+
+    Raises
+    ------
+    DataNotFoundError
+        The folder is missing (the message names it).
+    CheckpointError
+        The folder lacks ``model/`` or the backbone (named).
+    """
+    from .pipeline import BrainToImagePipeline
+
+    if path is None:
+        if not (TOY_RECONSTRUCTOR_DIR / "model").is_dir():
+            raise DataNotFoundError("the shipped toy reconstructor", [TOY_RECONSTRUCTOR_DIR, TOY_RECONSTRUCTOR_DIR /
+                                                                       "model"], data_card="neuropictor_toy.md",
+                                    hint="Train one with the NeuroPictor stages (refine_subject writes model/ + "
+                                         "backbone.json) and pass its folder.")
+        path = TOY_RECONSTRUCTOR_DIR
+    return BrainToImagePipeline.from_pretrained(path, device=device, dtype=dtype, **kwargs)
