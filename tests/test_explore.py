@@ -48,6 +48,11 @@ def test_reconstruct_is_batch_independent(env):
     assert np.array_equal(a["image_keys"], env.data["image_keys"])
     b = reconstruct(env.pipe, env.data["maps"], indices=[4, 5], batch_size=1, seed=1, progress=False)
     assert torch.allclose(b["images"], a["images"][4:], atol=1e-5)
+    from brainrecon.data.pairs import make_toy_dataset
+
+    ds = make_toy_dataset(env.world, subjects=["subj02"], split="test", projector=env.pipe.make_projector())
+    c = reconstruct(env.pipe, ds, indices=[1, 3], seed=1, progress=False)  # a dataset works the same way
+    assert list(c["indices"]) == [1, 3] and torch.allclose(c["images"], a["images"][[1, 3]], atol=1e-5)
     with pytest.raises(InvalidInputError, match="one semantic source per scan"):
         reconstruct(env.pipe, env.data, semantic_source=env.data["maps"][:2], progress=False)
 

@@ -63,6 +63,7 @@ def test_output_types_shapes_and_ranges(env):
     assert z.shape == (3, 16, 8, 8)
     one = p(env.maps[0], num_inference_steps=STEPS, generator=gen()).images  # a single (1, H, W) map
     assert one.shape == (1, 3, 32, 32)
+    assert p.to("cpu") is p and p.device.type == "cpu" and p.neuropictor.encoder.device.type == "cpu"
 
 
 def test_deterministic_by_seed_and_per_image_generators(env):
