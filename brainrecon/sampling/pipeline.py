@@ -43,22 +43,35 @@ def _as_maps(maps, name: str) -> torch.Tensor:
 
 
 class BrainToImagePipeline(DiffusionPipeline):
-    r"""
-    Flatmaps → images with NeuroPictor (NeuroPictor §3.4, Eq. 7–8) on a Stable-Diffusion-style backbone.
+    """Flatmaps → images with NeuroPictor (NeuroPictor §3.4, Eq. 7–8) on a Stable-Diffusion-style backbone.
 
-    Parameters:
-        unet (`UNet2DConditionModel`): the frozen denoiser.
-        vae (`AutoencoderKL`): decodes latents to images.
-        scheduler: a diffusers scheduler (DDIM for the toy and SD 2.1 backbones).
-        neuropictor (`NeuroPictorModel`): calibrated encoder, HLGN and LLMN.
-        text_encoder, tokenizer (*optional*): only used to compute the empty-caption embedding.
-        empty_prompt_embeds (`torch.Tensor` ``(1, L_T, d_T)``, *optional*): the empty caption's
-            text features (the unconditional branch of classifier-free guidance); computed from the
-            text encoder when not given.
-        default_guidance_scale (`float`): used when ``guidance_scale=None`` (paper: 5.0).
-        default_num_inference_steps (`int`): used when ``num_inference_steps=None``.
-        backbone_source (`str`, *optional*): ``"toy"`` or the backbone folder (for light saving).
-        flatmap (`dict`, *optional*): ``FlatmapProjector`` keywords of the maps the model was trained on.
+    Parameters
+    ----------
+    unet : diffusers.UNet2DConditionModel
+        The frozen denoiser.
+    vae : diffusers.AutoencoderKL
+        Decodes latents to images.
+    scheduler : diffusers scheduler
+        DDIM for the toy and SD 2.1 backbones.
+    neuropictor : NeuroPictorModel
+        Calibrated encoder, HLGN and LLMN.
+    text_encoder, tokenizer : optional
+        Only used to compute the empty-caption embedding.
+    empty_prompt_embeds : Tensor ``(1, L_T, d_T)``, optional
+        The empty caption's text features (the unconditional branch of classifier-free guidance);
+        computed from the text encoder when not given.
+    default_guidance_scale : float
+        Used when ``guidance_scale=None`` (paper: 5.0).
+    default_num_inference_steps : int
+        Used when ``num_inference_steps=None``.
+    backbone_source : str, optional
+        ``"toy"`` or the backbone folder (for light saving).
+    flatmap : dict, optional
+        ``FlatmapProjector`` keywords of the maps the model was trained on (default: whole cortex
+        at the encoder's map size); :meth:`make_projector` builds it.
+
+    Build one with :meth:`from_backbone` or load a saved reconstructor with :meth:`from_pretrained`
+    / :func:`~brainrecon.sampling.load_reconstructor`.
     """
 
     model_cpu_offload_seq = "neuropictor->unet->vae"
@@ -190,34 +203,43 @@ class BrainToImagePipeline(DiffusionPipeline):
                  latents: torch.Tensor | None = None, eta: float = 0.0, output_type: str = "pt",
                  return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("latents",)):
-        r"""
-        Reconstruct images from flatmaps.
+        """Reconstruct images from flatmaps.
 
-        Parameters:
-            maps (`torch.Tensor` ``(B, 1, H, W)``): the scans' flatmaps (``S`` of NeuroPictor Eq. 1).
-            control_scale (`float`): ``α`` of NeuroPictor Eq. 7 — 0 keeps only the high-level
-                semantics, 1 the trained balance; values above 1 push low-level structure harder.
-            guidance_scale (`float`, *optional*): classifier-free guidance scale ``s``
-                (``ε_u + s(ε_c − ε_u)``); 1 = conditional only, 0 = empty caption only. Default: the
-                reconstructor's (``default_guidance_scale``).
-            num_inference_steps (`int`, *optional*): denoising steps (default the reconstructor's).
-            generator (`torch.Generator` or list of them, *optional*): one per image makes every
-                image independent of the batch it is drawn in.
-            semantic_source (`torch.Tensor` ``(B, 1, H, W)``, *optional*): the **semantic swap** —
-                ``F^sem`` (Eq. 4) of these scans with the low-level features of ``maps``.
-            latents (`torch.Tensor`, *optional*): initial noise ``(B, c, h, w)``.
-            eta (`float`): DDIM's η.
-            output_type (`str`): ``"pt"`` (``(B, 3, H, W)`` in [0, 1]), ``"np"`` (``(B, H, W, 3)``
-                in [0, 1]), ``"pil"`` or ``"latent"``.
-            return_dict (`bool`): return an :class:`~diffusers.ImagePipelineOutput` (else a tuple).
-            callback_on_step_end (`Callable`, *optional*): ``fn(pipe, step, timestep, callback_kwargs)``
-                called after every step with the tensors named in
-                ``callback_on_step_end_tensor_inputs``; the dict it returns replaces them.
-            callback_on_step_end_tensor_inputs (`list`): from ``latents``, ``semantic_condition``,
-                ``fmri_tokens``.
+        Parameters
+        ----------
+        maps : Tensor ``(B, 1, H, W)``
+            The scans' flatmaps (``S`` of NeuroPictor Eq. 1); one ``(1, H, W)`` map is a batch of one.
+        control_scale : float
+            ``α`` of NeuroPictor Eq. 7: 0 keeps only the high-level semantics, 1 the trained
+            balance; above 1 pushes low-level structure harder.
+        guidance_scale : float, optional
+            Classifier-free guidance scale ``s`` (``ε_u + s(ε_c − ε_u)``); 1 = conditional only,
+            0 = empty caption only (with the fMRI control kept). Default: ``default_guidance_scale``.
+        num_inference_steps : int, optional
+            Denoising steps (default ``default_num_inference_steps``).
+        generator : torch.Generator or list of them, optional
+            One per image makes every image independent of the batch it is drawn in.
+        semantic_source : Tensor ``(B, 1, H, W)``, optional
+            The **semantic swap**: ``F^sem`` (Eq. 4) of these scans with the low-level features of
+            ``maps`` (the LLMN copy and the U-Net both see the swapped condition, as officially).
+        latents : Tensor ``(B, c, h, w)``, optional
+            Initial noise.
+        eta : float
+            DDIM's η.
+        output_type : {"pt", "np", "pil", "latent"}
+            ``(B, 3, H, W)`` in [0, 1], ``(B, H, W, 3)`` in [0, 1], PIL images, or ``z_0``.
+        return_dict : bool
+            Return an :class:`~diffusers.ImagePipelineOutput` (else a tuple).
+        callback_on_step_end : callable, optional
+            ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after every step, with the tensors
+            named in ``callback_on_step_end_tensor_inputs``; what it returns replaces them.
+        callback_on_step_end_tensor_inputs : sequence of str
+            From ``latents``, ``semantic_condition``, ``fmri_tokens``.
 
-        Returns:
-            [`~diffusers.ImagePipelineOutput`] or `tuple`: the images.
+        Returns
+        -------
+        ImagePipelineOutput or tuple
+            ``.images``.
         """
         maps = _as_maps(maps, "maps")
         if semantic_source is not None:
