@@ -32,6 +32,7 @@ examples:
   brainrecon info                                   versions and what brainrecon can find
   brainrecon demo --out demo-out                    NeuroPictor on held-out toy scans: alpha sweep, swap, report
   brainrecon evaluate runs/recon                    the field's metrics on a results folder
+  brainrecon train neuropictor --out runs/np         NeuroPictor stages i-iii in the toy world
 """
 
 
@@ -117,6 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: the toy models gain nothing from more, and a busy "
                         "machine makes extra threads much slower)")
+
+    p = sub.add_parser("train", formatter_class=fmt, help="train a reconstruction method (resumable)",
+                       description="Train a method's stages in the toy world.")
+    tsub = p.add_subparsers(dest="train_command", metavar="METHOD")
+    t = tsub.add_parser(
+        "neuropictor", formatter_class=fmt, help="NeuroPictor stages i-iii and their comparison runs",
+        description=textwrap.dedent("""\
+            Calibrated encoding -> multi-subject pre-training (held-out subject left out) ->
+            refining SUBJECT, plus the from-scratch baseline and the held-out subject refined on
+            a fraction of its scans (brainrecon.training.train_toy_reconstructor). Each run is a
+            folder under OUT; rerunning the same command resumes. See data_cards/neuropictor_toy.md."""))
+    t.add_argument("--out", default="runs/neuropictor_toy", help="output folder (default: %(default)s)")
+    t.add_argument("--preset", choices=("default", "smoke"), default="default",
+                   help="'default': the shipped recipe (~25 min on a CPU); 'smoke': seconds")
+    t.add_argument("--subject", default="subj01")
+    t.add_argument("--heldout", default="subj08", help="subject left out of stages i-ii ('none': none)")
+    t.add_argument("--heldout-fraction", dest="heldout_fraction", type=float, default=0.1)
+    t.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the scratch runs")
+    t.add_argument("--ship-to", dest="ship_to", default=None, metavar="DIR",
+                   help="copy the refined reconstructor (model/ + backbone.json) here")
+    t.add_argument("--threads", type=int, default=1)
     return parser
 
 
@@ -229,9 +251,22 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    if args.train_command != "neuropictor":
+        build_parser().parse_args(["train", "--help"])
+        return 0
+    from .training.toy_recipe import train_toy_reconstructor
+
+    out = train_toy_reconstructor(args.out, args.preset, args.subject,
+                                  None if args.heldout == "none" else args.heldout, args.heldout_fraction,
+                                  args.baselines, args.ship_to, args.threads)
+    print(f"wrote {out}/ (one folder per run, recipe.json)")
+    return 0
+
+
 _COMMANDS = {"toyworld": _cmd_toyworld, "card": _cmd_card, "info": _cmd_info,
              "backbones": _cmd_backbones, "evaluate": _cmd_evaluate,
-             "demo": _cmd_demo}
+             "demo": _cmd_demo, "train": _cmd_train}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
