@@ -133,8 +133,9 @@ def bench_toy(quick: bool) -> dict:
     cn_pipe = _controlnet_pipeline(pipe.unet, pipe.vae, pipe.scheduler, tuple(16 * 2 ** i for i in range(n_down + 1)))
 
     def plain(warmup):
-        cn_pipe(prompt_embeds=text, negative_prompt_embeds=empty, image=image, num_inference_steps=2 if warmup else steps,
-                guidance_scale=gs, generator=torch.Generator().manual_seed(1), output_type="pt")
+        cn_pipe(prompt_embeds=text, negative_prompt_embeds=empty, image=image,
+                num_inference_steps=2 if warmup else steps, guidance_scale=gs,
+                generator=torch.Generator().manual_seed(1), output_type="pt")
 
     reps = 1 if quick else 2
     t_ours, t_plain = _timed(ours, "cpu", reps), _timed(plain, "cpu", reps)
@@ -249,7 +250,8 @@ def main(argv=None) -> dict:
     p.add_argument("--sd", action="store_true", default=None, help="run the SD-2.1-size section (default: with CUDA)")
     p.add_argument("--sd-size", choices=("sd21", "tiny"), default="sd21")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--bf16", action="store_true", default=None, help="bf16 training step also on a CPU (default: GPU only)")
+    p.add_argument("--bf16", action="store_true", default=None,
+                   help="bf16 training step also on a CPU (default: GPU only)")
     p.add_argument("--no-toy", dest="toy", action="store_false", help="skip the toy CPU section")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
