@@ -124,7 +124,7 @@ class BrainToImagePipeline(DiffusionPipeline):
             None if path is None else str(path))
         with torch.no_grad():
             empty = backbone.encode_text([""])
-        model.to(backbone.device)
+        model.to(device=backbone.device, dtype=next(backbone.unet.parameters()).dtype)  # as the U-Net
         return cls(backbone.unet, backbone.vae, backbone.scheduler, model.eval().requires_grad_(False),
                    text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, empty_prompt_embeds=empty,
                    default_guidance_scale=meta.get("guidance_scale", 5.0) if guidance_scale is None
