@@ -190,6 +190,15 @@ def test_save_load_round_trips_give_identical_images(env, tmp_path):
         assert torch.equal(out, ref), d.name
 
 
+def test_half_precision_load(env, tmp_path):
+    d = env.pipe.save_pretrained(tmp_path / "light")
+    half = load_reconstructor(d, dtype=torch.bfloat16)
+    half.set_progress_bar_config(disable=True)
+    assert half.dtype == torch.bfloat16 and next(half.neuropictor.parameters()).dtype == torch.bfloat16
+    img = half(env.maps, num_inference_steps=2, generator=gen()).images
+    assert img.dtype == torch.float32 and torch.isfinite(img).all() and 0 <= img.min() and img.max() <= 1
+
+
 def test_backbone_folder_reference_and_text_encoder_free_parts(env, tmp_path):
     from brainrecon.backbones import TOY_WEIGHTS_DIR
 
