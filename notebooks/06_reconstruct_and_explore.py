@@ -76,7 +76,8 @@ from matplotlib.figure import Figure
 
 fig_maps = Figure(figsize=(3.2 * min(N_SHOW, 4), 2.6))
 for ax, m, cap in zip(fig_maps.subplots(1, min(N_SHOW, 4)), data["maps"], data["captions"]):
-    plot_flatmap(m, pipe.make_projector(), ax=ax, colorbar=False, title=cap[:32])
+    plot_flatmap(m, pipe.make_projector(), ax=ax, colorbar=False)
+    ax.set_title(cap[:36], fontsize=7)
 save_figure(fig_maps, out / "flatmaps.png")
 fig_maps
 
