@@ -209,3 +209,41 @@ def test_gradient_checkpointing_changes_nothing_but_memory(world, backbone, tmp_
                        backbone=backbone)
     assert read(a, "history.json") == read(b, "history.json")
     assert not backbone.unet.is_gradient_checkpointing          # the shared backbone is left as it was
+
+
+def test_same_code_reads_nsd(tmp_path, backbone):
+    """Stages i-ii on a miniature NSD tree (official layout, fsaverage betas): world = the NSD root."""
+    from brainrecon.data.nsd_fixture import make_nsd_fixture
+
+    root = make_nsd_fixture(tmp_path / "nsd", subjects=(1,), n_sessions=1, spaces=("fsaverage",))
+    nsd = dict(world=str(root), nsd_sessions=1, subjects=("subj01",))
+    enc = pretrain_encoder(EncoderPretrainConfig.smoke(output_dir=str(tmp_path / "i"), steps=4, n_eval=8, **nsd))
+    assert read(enc, "run.json")["world"] == {"nsd_root": str(root)}
+    assert read(enc, "metrics.json")["subjects"] == ["subj01"]
+    pre = pretrain_multisubject(MultisubjectConfig.smoke(output_dir=str(tmp_path / "ii"), encoder_dir=str(enc),
+                                                         steps=2, cfg_steps=1, n_eval=8, **nsd), backbone=backbone)
+    m = read(pre, "metrics.json")
+    assert m["n_rows"] == 8 and m["noise_mse"] > 0 and m["losses"]["main"]["steps"] == 2
+    with pytest.raises(DataNotFoundError, match=r"subj02.*\n.*subj02/fsaverage"):   # NSD names the files
+        refine_subject(RefineConfig.smoke(output_dir=str(tmp_path / "x"), subject="subj02", init_from=str(pre),
+                                          world=str(root), nsd_sessions=1), backbone=backbone)
+
+
+def test_ship_reconstructor_loads_as_pipeline_and_checks_size(chain, world, backbone, tmp_path, monkeypatch):
+    from brainrecon.sampling import BrainToImagePipeline
+    from brainrecon.training import toy_recipe
+
+    _, pre = chain
+    run = refine_subject(RefineConfig.smoke(output_dir=str(tmp_path / "iii"), init_from=str(pre), steps=1,
+                                            cfg_steps=0), world=world, backbone=backbone)
+    ship = toy_recipe.ship_reconstructor(run, tmp_path / "ship")
+    assert sorted(p.name for p in ship.iterdir()) == ["backbone.json", "config.json", "metrics.json", "model",
+                                                       "run.json"]
+    pipe = BrainToImagePipeline.from_pretrained(ship)
+    assert pipe.map_shape == (1, 32, 32) and pipe.config.flatmap["crop"] == "visual"
+    out = pipe(torch.zeros(1, 1, 32, 32), num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 3, 32, 32)
+    monkeypatch.setattr(toy_recipe, "MAX_SHIP_BYTES", 1000)
+    with pytest.raises(InvalidInputError, match="MB limit"):
+        toy_recipe.ship_reconstructor(run, tmp_path / "too_big")
+    assert not (tmp_path / "too_big").exists()
