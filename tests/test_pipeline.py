@@ -90,6 +90,40 @@ def test_alpha_zero_is_the_unet_without_residuals(env):
     assert not torch.allclose(with_control, want, atol=1e-3)  # the (trained) LLMN does act at α = 1
 
 
+def test_control_guidance_window(env):
+    p = env.pipe
+    kw = dict(num_inference_steps=4, latents=env.latents, output_type="latent")
+    full = p(env.maps, **kw).images
+    assert torch.equal(p(env.maps, control_guidance_start=0.0, control_guidance_end=1.0, **kw).images, full)
+    none = p(env.maps, control_scale=0.0, **kw).images
+    assert torch.equal(p(env.maps, control_guidance_start=0.9, **kw).images, none)  # no step inside the window
+    early = p(env.maps, control_guidance_end=0.5, **kw).images
+    assert not torch.allclose(early, full, atol=1e-4) and not torch.allclose(early, none, atol=1e-4)
+    # by hand: α for steps 0 and 1 of 4, α = 0 for steps 2 and 3
+    m, unet, step = p.neuropictor, p.unet, {"i": 0}
+    with torch.no_grad():
+        tok, sem = m.encode(env.maps), m.semantic_condition(env.maps)
+        empty = env.bb.encode_text([""]).expand(3, -1, -1)
+
+        def eps(x, t):
+            a = 1.0 if step["i"] < 2 else 0.0
+            step["i"] += 1
+            eu = m.predict_noise(unet, x, t, fmri_tokens=tok, semantic_condition=empty, control_scale=a)
+            ec = m.predict_noise(unet, x, t, fmri_tokens=tok, semantic_condition=sem, control_scale=a)
+            return eu + 5.0 * (ec - eu)
+
+        from diffusers import DDIMScheduler
+
+        sched = DDIMScheduler.from_config(p.scheduler.config)
+        sched.set_timesteps(4)
+        x = env.latents * sched.init_noise_sigma
+        for t in sched.timesteps:
+            x = sched.step(eps(sched.scale_model_input(x, t), t), t, x).prev_sample
+    assert torch.allclose(early, x, atol=1e-4)
+    with pytest.raises(InvalidInputError, match="control_guidance_start"):
+        p(env.maps, control_guidance_start=0.6, control_guidance_end=0.4, num_inference_steps=1)
+
+
 def test_zero_initialised_llmn_makes_alpha_an_identity(env):
     fresh = BrainToImagePipeline.from_backbone(env.bb, make_model(env.bb, seed=3, trained=False))
     fresh.set_progress_bar_config(disable=True)

@@ -202,7 +202,8 @@ class BrainToImagePipeline(DiffusionPipeline):
                  num_inference_steps: int | None = None, generator=None, semantic_source=None,
                  latents: torch.Tensor | None = None, eta: float = 0.0, output_type: str = "pt",
                  return_dict: bool = True, callback_on_step_end=None,
-                 callback_on_step_end_tensor_inputs=("latents",)):
+                 callback_on_step_end_tensor_inputs=("latents",), control_guidance_start: float = 0.0,
+                 control_guidance_end: float = 1.0):
         """Reconstruct images from flatmaps.
 
         Parameters
@@ -235,6 +236,10 @@ class BrainToImagePipeline(DiffusionPipeline):
             named in ``callback_on_step_end_tensor_inputs``; what it returns replaces them.
         callback_on_step_end_tensor_inputs : sequence of str
             From ``latents``, ``semantic_condition``, ``fmri_tokens``.
+        control_guidance_start, control_guidance_end : float
+            The share of the steps in which the LLMN residuals are applied (diffusers' ControlNet
+            window): step ``i`` of ``n`` uses ``α`` when ``start ≤ i/n`` and ``(i+1)/n ≤ end``, else 0
+            (e.g. ``end=0.5``: low-level control early, semantics alone late).
 
         Returns
         -------
@@ -248,6 +253,12 @@ class BrainToImagePipeline(DiffusionPipeline):
         gs = self.config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
         steps = self.config.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
         self._guidance_scale, self._num_timesteps = gs, steps
+        start, end = float(control_guidance_start), float(control_guidance_end)
+        if not 0.0 <= start < end <= 1.0:
+            raise InvalidInputError(f"control_guidance_start={start} and control_guidance_end={end} must satisfy "
+                                    "0 <= start < end <= 1.")
+        alphas = [float(control_scale) * (1.0 - float(i / steps < start or (i + 1) / steps > end))
+                  for i in range(steps)]
         device, dtype, model = self._execution_device, self.dtype, self.neuropictor
         enc_dtype = next(model.encoder.parameters()).dtype
 
@@ -255,7 +266,7 @@ class BrainToImagePipeline(DiffusionPipeline):
         tokens = model.encode(maps.to(device, enc_dtype))
         sem_tokens = tokens if semantic_source is None else model.encode(semantic_source.to(device, enc_dtype))
         state = {"fmri_tokens": tokens, "semantic_condition": model.semantic_condition(fmri_tokens=sem_tokens),
-                 "latents": None}
+                 "latents": None, "step": 0}
         uncond = self.empty_prompt_embeds.to(device, dtype).expand(len(maps), -1, -1)
 
         # 2. initial noise
@@ -271,20 +282,20 @@ class BrainToImagePipeline(DiffusionPipeline):
                 tok, sem = torch.cat([tok, tok]), torch.cat([uncond, sem])
             elif branch == "uncond":
                 sem = uncond
-            return model.predict_noise(self.unet, x.to(dtype), t, fmri_tokens=tok, control_scale=control_scale,
-                                       semantic_condition=sem)
+            return model.predict_noise(self.unet, x.to(dtype), t, fmri_tokens=tok,
+                                       control_scale=alphas[state["step"]], semantic_condition=sem)
 
-        callback = None
-        if callback_on_step_end is not None:
-            names = list(callback_on_step_end_tensor_inputs)
+        names = list(callback_on_step_end_tensor_inputs or ())
 
-            def callback(i, t, x):
-                state["latents"] = x
-                out = callback_on_step_end(self, i, t, {k: state[k] for k in names}) or {}
-                for k in self._callback_tensor_inputs:
-                    if k in out:
-                        state[k] = out[k]
-                return state["latents"]
+        def callback(i, t, x):
+            state["latents"], state["step"] = x, i + 1
+            if callback_on_step_end is None:
+                return x
+            out = callback_on_step_end(self, i, t, {k: state[k] for k in names}) or {}
+            for k in self._callback_tensor_inputs:
+                if k in out:
+                    state[k] = out[k]
+            return state["latents"]
 
         # 4. denoise (shared loop), 5. decode
         z = denoise_latents(self.scheduler, noise_fn, latents, steps, gs, device=device, generator=generator,
