@@ -83,7 +83,8 @@ class RunContext:
         self.t0 = time.perf_counter()
         cpu = (not torch.cuda.is_available()) if cfg.cpu is None else bool(cfg.cpu)
         state = PartialState(cpu=cpu)
-        self.device, self.rank = state.device, state.process_index
+        self.device, self.rank, self.is_main = state.device, state.process_index, state.is_main_process
+        self._state = state
         if self._world is not None:
             self.kind, self.source = "toy", self._world
         else:
@@ -130,7 +131,9 @@ class RunContext:
 
     # ------------------------------------------------------------------ records
     def save_model(self, model, backbone, resolution, crop, subject=None) -> None:
-        """``model/`` (NeuroPictorModel.save_pretrained) and ``backbone.json``."""
+        """``model/`` (NeuroPictorModel.save_pretrained) and ``backbone.json`` (main process only)."""
+        if not self.is_main:
+            return
         model.save_pretrained(self.out / "model")
         write_json(self.out / "backbone.json", {
             "backbone": self.backbone_name or "toy",
@@ -140,7 +143,10 @@ class RunContext:
             "image_size": int(backbone.image_size)})
 
     def finish(self, metrics: dict, results: dict, **extra) -> None:
-        """Write ``config.json``, ``metrics.json``, ``history.json`` and ``run.json``."""
+        """Write ``config.json``, ``metrics.json``, ``history.json`` and ``run.json`` (main process only)."""
+        self._state.wait_for_everyone()
+        if not self.is_main:
+            return
         cfg = self.config
         conf = {"stage": self.stage, **asdict(cfg), **extra}
         if hasattr(cfg, "resolution") and "flatmap" not in extra:

@@ -29,16 +29,15 @@ backbone and the maps, never from constants, so the same code trains on NSD
 """
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import InvalidInputError, check_choice
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir
 from . import stage_data as sd
-from .loop import FitConfig, fit
+from .loop import FitConfig
 from .stage_denoise import train_denoiser
 from .stage_eval import score_encoder
 from .stage_run import RunContext, read_stage_config
@@ -239,8 +238,9 @@ def pretrain_encoder(config: EncoderPretrainConfig, *, world=None, callbacks=())
         encoder = res.model.float().cpu().eval()
         metrics = score_encoder(encoder, test.maps[: cfg.n_eval], mask, train.maps.float().mean(0))
         metrics["subjects"] = subjects
-        with atomic_dir(run.out / "encoder") as d:
-            encoder.save_pretrained(d)
+        if run.is_main:
+            with atomic_dir(run.out / "encoder") as d:
+                encoder.save_pretrained(d)
         run.finish(metrics, {"main": res})
     return run.out
 
