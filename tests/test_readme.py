@@ -26,7 +26,7 @@ def test_ci_runs_exactly_the_readme_commands():
 def test_cli_help_lists_commands():
     out = subprocess.run([sys.executable, "-m", "brainrecon.cli", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    for cmd in ("toyworld", "card", "info", "backbones", "evaluate"):
+    for cmd in ("toyworld", "card", "info", "backbones", "evaluate", "demo", "train"):
         assert cmd in out
     assert "never downloads" in out
 
