@@ -2,18 +2,12 @@
 import json
 
 import pytest
-import torch
 
 from brainrecon.cli import main
 from reconstructor_helpers import write_tiny_reconstructor
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
