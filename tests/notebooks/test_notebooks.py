@@ -180,14 +180,7 @@ def test_05_single_subject_refining(tmp_path):
 
 @pytest.mark.notebook
 def test_06_reconstruct_and_explore(tmp_path):
-    from brainrecon.sampling import TOY_RECONSTRUCTOR_DIR
-
-    params = {}
-    if not (TOY_RECONSTRUCTOR_DIR / "model").is_dir():  # not shipped yet: a tiny random one
-        from reconstructor_helpers import write_tiny_reconstructor
-
-        params["RECONSTRUCTOR"] = str(write_tiny_reconstructor(tmp_path / "tiny"))
-    m = run_notebook("06_reconstruct_and_explore.py", tmp_path, **params)
+    m = run_notebook("06_reconstruct_and_explore.py", tmp_path)      # the shipped toy reconstructor
     assert m["n_test"] == 6 and m["num_inference_steps"] == 3 and m["image_shape"] == [3, 32, 32]
     assert set(m["alpha"]) == {"0", "1"} and "0" in m["guidance"] and len(m["guidance"]) == 2
     for figures in [*m["alpha"].values(), *m["guidance"].values()]:
