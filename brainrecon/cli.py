@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=("default", "smoke"), default="default",
                    help="'default': the shipped recipe (~25 min on a CPU); 'smoke': seconds")
     t.add_argument("--subject", default="subj01")
-    t.add_argument("--heldout", default="subj08", help="subject left out of stages i-ii ('none': none)")
+    t.add_argument("--heldout", default="auto",
+                   help="subject left out of stages i-ii ('auto': the world's last, subj08 by default; 'none': none)")
     t.add_argument("--heldout-fraction", dest="heldout_fraction", type=float, default=0.1)
     t.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the scratch runs")
     t.add_argument("--ship-to", dest="ship_to", default=None, metavar="DIR",

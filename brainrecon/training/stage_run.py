@@ -95,8 +95,10 @@ class RunContext:
         self.backbone_name = None
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         torch.set_num_threads(self._threads)
+        if exc_type is None:     # every process leaves once the main one has written the folder
+            self._state.wait_for_everyone()
         return False
 
     # ------------------------------------------------------------------ inputs

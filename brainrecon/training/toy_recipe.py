@@ -64,7 +64,7 @@ def _summary(path: Path) -> dict:
 
 
 def train_toy_reconstructor(out="runs/neuropictor_toy", preset: str = "default", subject: str = "subj01",
-                            heldout: str | None = "subj08", heldout_fraction: float = 0.1,
+                            heldout: str | None = "auto", heldout_fraction: float = 0.1,
                             baselines: bool = True, ship_to=None, threads: int | None = 1,
                             progress: bool = True) -> Path:
     """Train the toy reconstructor (stages i → ii → iii) and its comparison runs.
@@ -79,7 +79,8 @@ def train_toy_reconstructor(out="runs/neuropictor_toy", preset: str = "default",
         Subject refined in stage iii (the shipped model's subject).
     heldout : str or None
         Subject left out of stages i and ii and refined on ``heldout_fraction`` of its data
-        (``None``: no held-out subject). With the smoke world (3 subjects) use e.g. ``"subj03"``.
+        (``None``: no held-out subject; ``"auto"``: the world's last subject, subj08 in the default
+        world and subj03 in the smoke world).
     baselines : bool
         Also train the from-scratch comparisons at the same steps.
     ship_to : path-like, optional
@@ -104,6 +105,8 @@ def train_toy_reconstructor(out="runs/neuropictor_toy", preset: str = "default",
         backbone = load_backbone("toy")
         common = dict(progress=progress)
         make = (lambda cls, **kw: getattr(cls, preset)(**common, **kw))
+        if heldout == "auto":
+            heldout = world.subject_ids[-1]
         excl = (heldout,) if heldout else ()
         runs = {}
 
@@ -144,29 +147,3 @@ def train_toy_reconstructor(out="runs/neuropictor_toy", preset: str = "default",
     finally:
         torch.set_num_threads(old)
     return out
-
-
-def main(argv=None) -> int:
-    """``python -m brainrecon.training.toy_recipe --out DIR [--preset smoke] [--ship-to DIR]``."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m brainrecon.training.toy_recipe",
-                                description="Train the toy NeuroPictor reconstructor (stages i-iii) and its "
-                                            "comparison runs; rerun the same command to resume.")
-    p.add_argument("--out", default="runs/neuropictor_toy")
-    p.add_argument("--preset", choices=("default", "smoke"), default="default")
-    p.add_argument("--subject", default="subj01")
-    p.add_argument("--heldout", default="subj08", help="held-out subject ('none' for none)")
-    p.add_argument("--heldout-fraction", type=float, default=0.1)
-    p.add_argument("--no-baselines", action="store_true")
-    p.add_argument("--ship-to", default=None, help="copy the refined reconstructor here")
-    p.add_argument("--threads", type=int, default=1)
-    a = p.parse_args(argv)
-    out = train_toy_reconstructor(a.out, a.preset, a.subject, None if a.heldout == "none" else a.heldout,
-                                  a.heldout_fraction, not a.no_baselines, a.ship_to, a.threads)
-    print(f"wrote {out}/recipe.json")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
