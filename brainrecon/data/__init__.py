@@ -4,7 +4,7 @@ Public names are importable from here (loaded lazily, so ``import brainrecon.dat
 
     from brainrecon.data import make_toyworld, load_nsd, FlatmapProjector, make_toy_dataset
 """
-from importlib import import_module
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "make_scenes": "scenes", "plot_scenes": "scenes", "Scenes": "scenes",
@@ -19,14 +19,4 @@ _EXPORTS = {
     "BrainRecords": "pairs", "BrainImageDataset": "pairs", "SubjectBatchSampler": "pairs",
     "make_toy_dataset": "pairs", "make_nsd_dataset": "pairs",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

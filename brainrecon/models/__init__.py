@@ -4,7 +4,7 @@ Public names are importable from here (loaded lazily, so ``import brainrecon.mod
 
     from brainrecon.models import CalibratedEncoder, HighLevelGuidingNetwork, NeuroPictorModel
 """
-from importlib import import_module
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "CalibratedEncoder": "fmri_encoder",
@@ -12,14 +12,4 @@ _EXPORTS = {
     "LowLevelManipulationNetwork": "llmn", "FeatureTransformation": "llmn",
     "NeuroPictorModel": "neuropictor", "NeuroPictorOutput": "neuropictor",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

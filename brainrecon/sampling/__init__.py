@@ -4,7 +4,7 @@ Public names are importable from here (loaded lazily, so ``import brainrecon.sam
 
     from brainrecon.sampling import BrainToImagePipeline, load_reconstructor, evaluate_reconstructor
 """
-from importlib import import_module
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "denoise_latents": "denoise", "prepare_scheduler": "denoise", "combine_guidance": "denoise",
@@ -16,14 +16,4 @@ _EXPORTS = {
     "plot_swap_grid": "explore",
     "write_demo_report": "demo", "make_demo_world": "demo",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

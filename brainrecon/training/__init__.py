@@ -4,8 +4,7 @@ The stage functions and configs load lazily::
 
     from brainrecon.training import pretrain_encoder, EncoderPretrainConfig
 """
-from importlib import import_module
-
+from .._lazy import lazy_exports
 from .loop import FitConfig, FitResult, fit, latest_checkpoint
 
 _LAZY = {
@@ -13,14 +12,5 @@ _LAZY = {
     "pretrain_encoder": "stages", "pretrain_multisubject": "stages", "refine_subject": "stages",
     "train_toy_reconstructor": "toy_recipe",
 }
-__all__ = ["FitConfig", "FitResult", "fit", "latest_checkpoint", *sorted(_LAZY)]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _LAZY, eager=["FitConfig", "FitResult", "fit",
+                                                                   "latest_checkpoint"])
