@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sync(device):
@@ -70,9 +67,9 @@ def _controlnet_pipeline(unet, vae, scheduler, conditioning_channels):
 def _objective(model, unet, scheduler, empty):
     from diffusers import DDPMScheduler
 
-    from brainrecon.training.stage_denoise import _DenoisingObjective  # the stages' own L_dif + λ·L_sem
+    from brainrecon.training.stage_denoise import DenoisingObjective  # the stages' own L_dif + λ·L_sem
 
-    return _DenoisingObjective(model, unet, DDPMScheduler.from_config(scheduler.config), empty, 0.1, 0.05)
+    return DenoisingObjective(model, unet, DDPMScheduler.from_config(scheduler.config), empty, 0.1, 0.05)
 
 
 def _train_steps(objective, maps, latents, text, steps: int, device, autocast_dtype=None) -> dict:
@@ -106,18 +103,9 @@ def _train_steps(objective, maps, latents, text, steps: int, device, autocast_dt
 
 # ---------------------------------------------------------------------- toy section
 def bench_toy(quick: bool) -> dict:
-    from brainrecon.sampling import TOY_RECONSTRUCTOR_DIR, load_reconstructor
+    from brainrecon.sampling import load_reconstructor
 
-    if (TOY_RECONSTRUCTOR_DIR / "model").is_dir():
-        pipe, which = load_reconstructor(), "shipped"
-    else:
-        import tempfile
-
-        sys.path.insert(0, str(ROOT / "tests"))
-        from reconstructor_helpers import write_tiny_reconstructor
-
-        pipe = load_reconstructor(write_tiny_reconstructor(Path(tempfile.mkdtemp()) / "rec"))
-        which = "random tiny (shipped reconstructor absent)"
+    pipe, which = load_reconstructor(), "shipped"          # the shipped toy reconstructor
     pipe.set_progress_bar_config(disable=True)
     batch, steps, gs = 8, 10 if quick else 25, pipe.config.default_guidance_scale
     g = torch.Generator().manual_seed(0)

@@ -14,10 +14,10 @@ from torch import nn
 from . import stage_data as sd
 from .stage_eval import score_denoiser
 
-__all__ = ["train_denoiser"]
+__all__ = ["DenoisingObjective", "train_denoiser"]
 
 
-class _DenoisingObjective(nn.Module):
+class DenoisingObjective(nn.Module):
     """``L = L_dif + λ·L_sem`` (NeuroPictor Eq. 8, 9, 3) with CFG dropout of ``F^sem``.
 
     Holds the trainable :class:`~brainrecon.models.NeuroPictorModel`; the frozen U-Net is kept
@@ -77,7 +77,7 @@ def train_denoiser(run, cfg, model, train, test, backbone, tag: int):
     model.encoder.requires_grad_(bool(cfg.train_encoder))
     results = {}
     for phase, steps, lr, drop in (("main", cfg.steps, cfg.lr, 0.0), ("cfg", cfg.cfg_steps, cfg.cfg_lr, cfg.cfg_drop)):
-        objective = _DenoisingObjective(model, unet, sched, train.empty_text, cfg.semantic_weight, drop)
+        objective = DenoisingObjective(model, unet, sched, train.empty_text, cfg.semantic_weight, drop)
 
         def batches(step, _tag=tag * 10 + len(results)):
             return train.batch(sd.sample_indices(len(train), cfg.batch_size, cfg.seed, _tag, step, run.rank))
