@@ -169,7 +169,8 @@ def test_quick_preset_trains_end_to_end_and_resumes(tmp_path):
     for part, r in rec["parts"].items():
         assert r["loss_final"] < r["loss_first"], part
         assert r["steps"] == getattr(ToyBackboneConfig.quick(), {"clip": "clip_steps", "vae": "vae_steps",
-                                     "unet": "unet_steps", "attribute_classifier": "attr_steps"}[part])
+                                     "vae_decoder": "vae_decoder_steps", "unet": "unet_steps",
+                                     "attribute_classifier": "attr_steps"}[part])
     assert {"vae_psnr_db", "clip_caption_to_image_top1", "t2i_match_default"} <= set(rec["metrics"])
     bb = load_backbone(out)
     assert bb.image_size == 16 and bb.text_embed_dim == 16 and bb.guidance_scale == 5.0
@@ -177,6 +178,31 @@ def test_quick_preset_trains_end_to_end_and_resumes(tmp_path):
     before = (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     train_toy_backbones(ToyBackboneConfig.quick(), out, evaluate=False)
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+
+
+def test_vae_decoder_fine_tuning_keeps_the_latent_space(tmp_path):
+    """The ft-MSE part changes the decoder only: same encoder bits, same scaling factor, lower loss."""
+    from diffusers import AutoencoderKL
+
+    from brainrecon.backbones.toy import make_toy_vae
+    from brainrecon.backbones.toy_train import _train_vae_decoder
+
+    cfg = ToyBackboneConfig.quick().replace(vae_decoder_steps=30, vae_decoder_lr=3e-3)
+    torch.manual_seed(0)
+    vae = make_toy_vae(16, (8, 8, 8), 4)
+    vae.register_to_config(scaling_factor=1.7)
+    vae.save_pretrained(tmp_path / "vae")
+    images = torch.from_numpy(make_scenes(64, image_size=16, seed=1).images).permute(0, 3, 1, 2).contiguous()
+    rec = _train_vae_decoder(cfg, {"images": images}, tmp_path)
+    new = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    assert rec["steps"] == 30 and rec["loss_final"] < rec["loss_first"]
+    assert new.config.scaling_factor == 1.7
+    assert "_name_or_path" not in json.loads((tmp_path / "vae" / "config.json").read_text())
+    old_sd, new_sd = vae.state_dict(), new.state_dict()
+    for k in old_sd:
+        same = torch.equal(old_sd[k], new_sd[k])
+        assert same == (not k.startswith(("decoder.", "post_quant_conv."))), k
+    assert _train_vae_decoder(cfg.replace(vae_decoder_steps=0), {"images": images}, tmp_path)["skipped"]
 
 
 # ----------------------------------------------------------------------------- shipped weights
@@ -202,21 +228,13 @@ def test_shipped_weights_are_small_and_complete():
         assert (TOY_WEIGHTS_DIR / part).is_dir(), part
 
 
-def test_shipped_vae_psnr(toy, heldout):
-    """Regression guard at the shipped figure (26.8 dB on 200 held-out images, 27.7 on these 32)."""
-    from brainrecon.backbones.evaluate import vae_psnr
-
-    _, x = heldout
-    assert vae_psnr(toy, x[:32]).mean() >= 27.0
-
-
-@pytest.mark.xfail(strict=True, reason="issue 3 asks >= 28 dB; the shipped VAE reaches 26.8 dB "
-                                       "(data_cards/toy_backbones.md): retrain longer to close the gap")
 def test_shipped_vae_psnr_meets_acceptance(toy, heldout):
+    """Issue 3 asks >= 28 dB: the shipped VAE (decoder fine-tuned) gets 28.7 dB on the card's 200
+    held-out images and 29.7 dB on these 32; the guard sits between the two."""
     from brainrecon.backbones.evaluate import vae_psnr
 
     _, x = heldout
-    assert vae_psnr(toy, x[:32]).mean() >= 28.0
+    assert vae_psnr(toy, x[:32]).mean() >= 29.0
 
 
 def test_shipped_clip_retrieval(toy, heldout):

@@ -4,7 +4,8 @@ Order and hand-offs: the scenes are rendered once and kept in memory; toy CLIP i
 contrastively and frozen; the attribute classifier and the VAE train on the images; the
 VAE (decoded from its posterior mean while training, with a tiny KL term) encodes every
 training image once (posterior means cached) and sets its ``scaling_factor`` to 1 / std of
-the latents; the U-Net trains as a latent diffusion
+the latents; its decoder alone is then fine-tuned on those frozen posterior means (the
+latent space, and so the scaling factor, stay as they were); the U-Net trains as a latent diffusion
 model on those cached latents with the frozen text encoder's hidden states as
 cross-attention context, the caption replaced by ``""`` with probability ``cfg_dropout``.
 
@@ -33,7 +34,7 @@ from .toy import (ToyBackboneConfig, make_toy_image_encoder, make_toy_scheduler,
 
 __all__ = ["train_toy_backbones"]
 
-_PARTS = ("clip", "attribute_classifier", "vae", "unet")
+_PARTS = ("clip", "attribute_classifier", "vae", "vae_decoder", "unet")
 
 
 class _ClipPair(nn.Module):
@@ -166,6 +167,48 @@ def _train_vae(cfg, data, out: Path) -> dict:
     return s
 
 
+def _train_vae_decoder(cfg, data, out: Path) -> dict:
+    """Fine-tune the decoder (and ``post_quant_conv``) on the frozen encoder's posterior means.
+
+    The encoder, and so every latent the U-Net and the reconstructors see, is unchanged; only
+    what ``decode_latents`` draws gets sharper (Stable Diffusion's ``sd-vae-ft-mse`` did the same
+    for SD's VAE).
+    """
+    from diffusers import AutoencoderKL
+
+    if cfg.vae_decoder_steps <= 0:
+        return {"steps": 0, "skipped": True}
+    config = {k: v for k, v in AutoencoderKL.load_config(out / "vae").items() if k != "_name_or_path"}
+    vae = AutoencoderKL.from_config(config)         # no "_name_or_path" in the saved config
+    vae.load_state_dict(AutoencoderKL.from_pretrained(out / "vae").state_dict())
+    images = data["images"]
+    mean = _encode_all(vae.eval(), images)
+    vae.requires_grad_(False)
+    trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in trainable:
+        p.requires_grad_(True)
+    pick = _sampler(len(images), cfg.vae_decoder_batch_size, cfg.seed, 5)
+
+    def batches(step):
+        i = pick(step)
+        return mean[i], images[i].float() / 127.5 - 1
+
+    def loss_fn(m, batch, step):
+        mu, x = batch
+        rec = m.decode(mu).sample
+        mse = F.mse_loss(rec, x)
+        return mse + 0.1 * F.l1_loss(rec, x), {"mse": mse.detach()}
+
+    res = fit(vae.train(), loss_fn, batches,
+              _fit_config(cfg, cfg.vae_decoder_steps, cfg.vae_decoder_lr, "VAE decoder", 100),
+              out / "checkpoints" / "vae_decoder", parameters=trainable)
+    with atomic_dir(out / "vae") as d:
+        res.model.cpu().eval().save_pretrained(d)
+    s = _summary(res)
+    s.update(mse_final=res.mean_loss(last=50, key="mse"))
+    return s
+
+
 @torch.no_grad()
 def _encode_all(vae, images_u8: torch.Tensor, batch_size: int = 256):
     means = []
@@ -288,7 +331,7 @@ def train_toy_backbones(config: ToyBackboneConfig | None = None, output_dir="bra
         todo = [p for p in _PARTS if not (out / "records" / f"{p}.json").is_file()]
         data = _load_data(cfg, tok) if todo else None
         train = {"clip": _train_clip, "attribute_classifier": _train_attributes, "vae": _train_vae,
-                 "unet": _train_unet}
+                 "vae_decoder": _train_vae_decoder, "unet": _train_unet}
         for part in _PARTS:
             rec_path = out / "records" / f"{part}.json"
             if rec_path.is_file():
