@@ -35,8 +35,8 @@ SMOKE: dict[str, dict] = {
 }
 
 
-#: a smoke cell finishes in well under a minute; one that runs this long has hung (seen once in CI:
-#: a kernel stuck with no output for 80 min). Such a cell is interrupted and its notebook rerun once.
+#: a smoke cell finishes in well under a minute; one that runs this long has hung (once in CI, notebook
+#: 06 was still running after ~85 min, cause unknown). Such a cell is interrupted, the notebook rerun once.
 CELL_TIMEOUT_S = 600
 
 
