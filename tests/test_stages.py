@@ -197,6 +197,33 @@ def test_clear_errors(chain, world, backbone, tmp_path):
         refine_subject(RefineConfig.smoke(output_dir=str(tmp_path / "x"), train_fraction=0.0), world=world)
 
 
+def test_shuffled_scan_score_tells_whether_the_llmn_reads_the_scan(chain, world, backbone):
+    """``noise_mse_shuffled_scan`` equals ``noise_mse`` exactly when F_0 ignores the scan, and not otherwise."""
+    from diffusers import DDPMScheduler
+
+    from brainrecon.training.stage_data import cache_stage_data, make_stage_dataset
+    from brainrecon.training.stage_eval import score_denoiser
+
+    _, pre = chain
+    assert "noise_mse_shuffled_scan" in read(pre, "metrics.json")
+    model = NeuroPictorModel.from_pretrained(pre / "model")
+    test = cache_stage_data(make_stage_dataset(world, ["subj01"], "test", 32, "visual"), backbone, progress=False)
+    sched = DDPMScheduler.from_config(backbone.scheduler.config)
+    mean_text = test.text_table.float().mean(0)
+    ft = model.llmn.feature_transform
+    with torch.no_grad():
+        ft.zero_conv.weight.zero_()        # F_0 = the zero conv's bias: the same map for every scan
+        ft.zero_conv.bias.normal_(0, 0.5)
+        for b in model.llmn.controlnet.controlnet_down_blocks:   # the copy's residuals reach the U-Net
+            b.weight.normal_(0, 0.2)
+    blind = score_denoiser(model, backbone.unet, sched, test, mean_text, n=12, draws=1)
+    assert blind["noise_mse_shuffled_scan"] == pytest.approx(blind["noise_mse"], rel=1e-6)
+    assert blind["noise_mse"] != pytest.approx(blind["noise_mse_semantic_only"], rel=1e-3)   # the LLMN acts
+    with torch.no_grad():
+        ft.zero_conv.weight.normal_(0, 0.5)                      # now F_0 depends on the scan
+    seeing = score_denoiser(model, backbone.unet, sched, test, mean_text, n=12, draws=1)
+    assert seeing["noise_mse_shuffled_scan"] != pytest.approx(seeing["noise_mse"], rel=1e-3)
+
 def test_gradient_checkpointing_changes_nothing_but_memory(world, backbone, tmp_path):
     cfg = RefineConfig.smoke(steps=3, cfg_steps=0, init_from=None)
     a = refine_subject(replace(cfg, output_dir=str(tmp_path / "a")), world=world, backbone=backbone)

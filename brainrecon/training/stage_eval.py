@@ -5,8 +5,9 @@
 * Stages ii–iii (:func:`score_denoiser`): the denoising error of Eq. 8 on held-out scans with fixed
   noise and timesteps — NeuroPictor's prediction against the frozen U-Net given no brain
   information (the empty caption: what the backbone does alone) and given the true caption (what
-  a perfect semantic decoder would reach) — and the semantic loss of Eq. 3 against predicting the
-  mean training caption feature.
+  a perfect semantic decoder would reach) and with the LLMN fed *another* scan's tokens (does the
+  low-level pathway use the scan at all, or only add scan-independent capacity?) — and the
+  semantic loss of Eq. 3 against predicting the mean training caption feature.
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ def score_denoiser(model, unet, scheduler, data, mean_text: torch.Tensor, n: int
     -------
     dict
         ``noise_mse`` (NeuroPictor, α = 1), ``noise_mse_semantic_only`` (α = 0),
+        ``noise_mse_shuffled_scan`` (α = 1, each row's own ``F^sem`` but the LLMN given the next
+        row's fMRI tokens: equal to ``noise_mse`` when the LLMN ignores the scan),
         ``noise_mse_no_brain`` (U-Net with the empty caption), ``noise_mse_true_caption`` (U-Net
         with the caption), ``semantic_mse`` / ``semantic_cos`` of ``F̃^txt`` and their baselines.
     """
@@ -88,7 +91,7 @@ def score_denoiser(model, unet, scheduler, data, mean_text: torch.Tensor, n: int
     n = len(data) if n is None else min(int(n), len(data))
     g = torch.Generator().manual_seed(int(seed))
     T = scheduler.config.num_train_timesteps
-    sums = {k: 0.0 for k in ("np", "sem_only", "empty", "caption")}
+    sums = {k: 0.0 for k in ("np", "sem_only", "shuffled", "empty", "caption")}
     count = 0
     sem_mse = sem_cos = base_mse = base_cos = 0.0
     empty = data.empty_text.to(dev)
@@ -97,6 +100,8 @@ def score_denoiser(model, unet, scheduler, data, mean_text: torch.Tensor, n: int
         b = data.batch(idx)
         maps, z0, text = b["maps"].to(dev), b["latents"].to(dev), b["text"].to(dev)
         tokens = model.encode(maps)
+        # the next row's scan (cyclic over the n rows): a derangement whenever n > 1
+        other = model.encode(data.batch((idx + 1) % n)["maps"].to(dev))
         sem, txt = model.semantic_condition(fmri_tokens=tokens, return_text_features=True)
         sem_mse += float(F.mse_loss(txt, text, reduction="sum")) / text[0].numel()
         sem_cos += float(F.cosine_similarity(txt.flatten(1), text.flatten(1)).sum())
@@ -112,6 +117,7 @@ def score_denoiser(model, unet, scheduler, data, mean_text: torch.Tensor, n: int
                 "np": model.predict_noise(unet, zt, t, fmri_tokens=tokens, semantic_condition=sem),
                 "sem_only": model.predict_noise(unet, zt, t, fmri_tokens=tokens, semantic_condition=sem,
                                                 control_scale=0.0),
+                "shuffled": model.predict_noise(unet, zt, t, fmri_tokens=other, semantic_condition=sem),
                 "empty": unet(zt, t, encoder_hidden_states=empty.expand(len(zt), -1, -1)).sample,
                 "caption": unet(zt, t, encoder_hidden_states=text).sample,
             }
@@ -120,6 +126,7 @@ def score_denoiser(model, unet, scheduler, data, mean_text: torch.Tensor, n: int
             count += len(z0)
     return {"n_rows": n, "draws": draws,
             "noise_mse": sums["np"] / count, "noise_mse_semantic_only": sums["sem_only"] / count,
+            "noise_mse_shuffled_scan": sums["shuffled"] / count,
             "noise_mse_no_brain": sums["empty"] / count, "noise_mse_true_caption": sums["caption"] / count,
             "semantic_mse": sem_mse / n, "semantic_cos": sem_cos / n,
             "semantic_mse_baseline": base_mse / n, "semantic_cos_baseline": base_cos / n,

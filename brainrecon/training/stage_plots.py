@@ -126,6 +126,7 @@ def plot_stage_losses(stage_dirs, keys=("loss",), window: int = 25, title=None):
 _DENOISE_ROWS = (("noise_mse_no_brain", "U-Net, empty caption (no brain)"),
                  ("noise_mse_semantic_only", "NeuroPictor, α = 0 (F^sem only)"),
                  ("noise_mse", "NeuroPictor, α = 1"),
+                 ("noise_mse_shuffled_scan", "α = 1, LLMN given another scan"),
                  ("noise_mse_true_caption", "U-Net, true caption (reference)"))
 
 
@@ -151,10 +152,11 @@ def plot_denoising_scores(stage_dirs, title=None):
     height = 0.8 / len(scores)
     for j, (label, m) in enumerate(scores.items()):
         y = np.arange(len(_DENOISE_ROWS)) + j * height
-        vals = [m[k] for k, _ in _DENOISE_ROWS]
+        vals = [m.get(k, np.nan) for k, _ in _DENOISE_ROWS]   # older folders lack some rows
         ax.barh(y, vals, height=height, label=label)
         for yy, v in zip(y, vals):
-            ax.text(v, yy, f" {v:.4f}", va="center", fontsize=8)
+            if np.isfinite(v):
+                ax.text(v, yy, f" {v:.4f}", va="center", fontsize=8)
     ax.set_yticks(np.arange(len(_DENOISE_ROWS)) + 0.4 - height / 2, [name for _, name in _DENOISE_ROWS])
     ax.invert_yaxis()
     ax.set_xlabel("held-out denoising MSE (lower is better)")
