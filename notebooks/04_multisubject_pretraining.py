@@ -84,7 +84,10 @@ fig_loss
 # ## Does the brain help the frozen U-Net denoise?
 # Held-out scans of the training subjects, fixed noise and timesteps: the U-Net alone with the
 # empty caption knows nothing about the scan; with the true caption it knows the scene's words.
-# NeuroPictor's prediction uses only the scan.
+# NeuroPictor's prediction uses only the scan. One more bar feeds the LLMN *another* scan's tokens
+# (each scan keeps its own semantic condition): if that bar equals NeuroPictor's, the low-level
+# pathway has learned a correction that ignores the scan (on the shipped toy run the two differ by
+# 0.01 %: `data_cards/neuropictor_toy.md`).
 
 # %%
 fig_scores = plot_denoising_scores({"stage ii": stage_dir})
@@ -112,6 +115,7 @@ fig_recon
 summary = {
     "losses": m["losses"],
     "noise_mse": m["noise_mse"], "noise_mse_semantic_only": m["noise_mse_semantic_only"],
+    "noise_mse_shuffled_scan": m["noise_mse_shuffled_scan"],
     "noise_mse_no_brain": m["noise_mse_no_brain"], "noise_mse_true_caption": m["noise_mse_true_caption"],
     "semantic_mse": m["semantic_mse"], "semantic_mse_baseline": m["semantic_mse_baseline"],
     "semantic_cos": m["semantic_cos"], "semantic_cos_baseline": m["semantic_cos_baseline"],

@@ -189,6 +189,7 @@ def test_04_multisubject_pretraining(tmp_path):
     assert m["steps"] == {"main": 16, "cfg": 4}
     assert main["semantic_final"] < main["semantic_first"] and main["loss_final"] < main["loss_first"]
     assert len(m["subjects"]) == 3 and m["noise_mse"] > 0 and m["noise_mse_no_brain"] > 0
+    assert m["noise_mse_shuffled_scan"] > 0
     assert m["n_reconstructions"] == 4 and m["image_shape"] == [3, 32, 32]
     for fig in m["figures"]:
         assert (tmp_path / "04_multisubject_pretraining" / fig).is_file()
