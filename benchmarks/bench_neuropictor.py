@@ -69,7 +69,11 @@ def _objective(model, unet, scheduler, empty):
 
     from brainrecon.training.stage_denoise import DenoisingObjective  # the stages' own L_dif + λ·L_sem
 
-    return DenoisingObjective(model, unet, DDPMScheduler.from_config(scheduler.config), empty, 0.1, 0.05)
+    from brainrecon.training.stages import RefineConfig
+
+    toy = RefineConfig.default()        # the toy recipe's objective, layout probe and timestep weights included
+    return DenoisingObjective(model, unet, DDPMScheduler.from_config(scheduler.config), empty, 0.1, 0.05,
+                              layout_weight=toy.layout_weight, x0_weight_max=toy.x0_weight_max)
 
 
 def _train_steps(objective, maps, latents, text, steps: int, device, autocast_dtype=None) -> dict:
@@ -80,7 +84,7 @@ def _train_steps(objective, maps, latents, text, steps: int, device, autocast_dt
 
     def step():
         with ctx:
-            loss, _, _ = objective(maps, latents, text)
+            loss, _ = objective(maps, latents, text)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

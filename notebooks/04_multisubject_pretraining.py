@@ -76,7 +76,7 @@ print(json.dumps(m["losses"], indent=1))
 # dashed: the CFG phase.
 
 # %%
-fig_loss = plot_stage_losses({"stage ii": stage_dir}, keys=("loss", "diffusion", "semantic"))
+fig_loss = plot_stage_losses({"stage ii": stage_dir}, keys=("loss", "diffusion", "semantic", "layout"))
 save_figure(fig_loss, out / "loss_curves.png")
 fig_loss
 

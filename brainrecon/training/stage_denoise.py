@@ -4,6 +4,18 @@
 phase, in which ``cfg_drop`` of the semantic conditions are replaced by the empty caption's embedding
 (NeuroPictor §4.1), each a resumable :func:`~brainrecon.training.fit` call, and scores the result on
 held-out scans (:func:`~brainrecon.training.stage_eval.score_denoiser`).
+
+Two optional terms, off in the paper's setting and on in the toy presets, help the LLMN learn to
+read the scan in a few thousand CPU steps instead of the official ~10⁵ GPU steps
+(``data_cards/neuropictor_toy.md``, "Why the low-level branch was weak"):
+
+* ``x0_weight_max`` = γ weights each sample's ε-error by ``min((1 − ᾱ_t)/ᾱ_t, γ)`` (normalised to a
+  mean of 1 over the timesteps): the error of the implied ``x_0`` estimate, clipped. The uniform
+  ε-loss puts most of its weight on low noise, where a denoiser gains from extra capacity but little
+  from the scan; this moves it to high noise, where the layout is decided.
+* ``layout_weight`` = μ adds ``μ·MSE(P(F_0), z_0)``: a training-only 1×1 convolution ``P`` reads the
+  clean latent from the LLMN's feature map ``F_0 = E_ft(S^r)`` (Eq. 5), so ``E_ft`` learns the layout
+  directly instead of through the frozen U-Net's residual path. ``P`` is never saved with the model.
 """
 from __future__ import annotations
 
@@ -14,22 +26,44 @@ from torch import nn
 from . import stage_data as sd
 from .stage_eval import score_denoiser
 
-__all__ = ["DenoisingObjective", "train_denoiser"]
+__all__ = ["DenoisingObjective", "train_denoiser", "x0_timestep_weights"]
+
+
+def x0_timestep_weights(alphas_cumprod: torch.Tensor, max_weight: float | None) -> torch.Tensor:
+    """Per-timestep weights ``min((1 − ᾱ_t)/ᾱ_t, γ)`` normalised to mean 1 (all ones for ``None``).
+
+    ``(1 − ᾱ_t)/ᾱ_t = 1/SNR(t)`` turns an ε-error into the error of the implied ``x_0``
+    (``x̂_0 = (z_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t``); clipping at γ keeps the noisiest steps from dominating.
+    """
+    ab = alphas_cumprod.double()
+    if max_weight is None:
+        return torch.ones_like(ab, dtype=torch.float32)
+    w = torch.clamp((1 - ab) / ab, max=float(max_weight))
+    return (w / w.mean()).float()
 
 
 class DenoisingObjective(nn.Module):
-    """``L = L_dif + λ·L_sem`` (NeuroPictor Eq. 8, 9, 3) with CFG dropout of ``F^sem``.
+    """``L = L_dif + λ·L_sem [+ μ·L_layout]`` (NeuroPictor Eq. 8, 9, 3) with CFG dropout of ``F^sem``.
 
-    Holds the trainable :class:`~brainrecon.models.NeuroPictorModel`; the frozen U-Net is kept
-    outside the module tree (never checkpointed, never handed to the optimizer).
+    Holds the trainable :class:`~brainrecon.models.NeuroPictorModel` (and, with ``layout_weight``,
+    the training-only probe ``layout_probe``); the frozen U-Net is kept outside the module tree
+    (never checkpointed, never handed to the optimizer). ``x0_weight_max`` weights ``L_dif`` per
+    timestep (:func:`x0_timestep_weights`); ``None`` is the paper's uniform mean.
     """
 
-    def __init__(self, model, unet, scheduler, empty_text, semantic_weight: float, drop: float):
+    def __init__(self, model, unet, scheduler, empty_text, semantic_weight: float, drop: float,
+                 layout_weight: float = 0.0, x0_weight_max: float | None = None):
         super().__init__()
         self.model = model
         self.frozen = {"unet": unet, "scheduler": scheduler}
         self.register_buffer("empty_text", empty_text.float(), persistent=False)
+        self.register_buffer("t_weight", x0_timestep_weights(scheduler.alphas_cumprod, x0_weight_max),
+                             persistent=False)
         self.semantic_weight, self.drop = float(semantic_weight), float(drop)
+        self.layout_weight = float(layout_weight)
+        if self.layout_weight > 0:
+            self.layout_probe = nn.Conv2d(model.llmn.feature_transform.zero_conv.out_channels,
+                                          unet.config.in_channels, kernel_size=1)
 
     def forward(self, maps, latents, text):
         unet, sched = self.frozen["unet"], self.frozen["scheduler"]
@@ -44,9 +78,17 @@ class DenoisingObjective(nn.Module):
         pred = self.model.predict_noise(unet, noisy, t, fmri_tokens=tokens, semantic_condition=sem)
         kind = sched.config.prediction_type
         target = noise if kind == "epsilon" else sched.get_velocity(latents, noise, t)
-        dif = F.mse_loss(pred.float(), target.float())                         # Eq. 8
+        per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+        dif = (per_sample * self.t_weight.to(per_sample.device)[t]).mean()   # Eq. 8 (weighted if set)
         sem_loss = F.mse_loss(txt.float(), text.float())                       # Eq. 3 (mean over elements)
-        return dif + self.semantic_weight * sem_loss, dif.detach(), sem_loss.detach()
+        loss = dif + self.semantic_weight * sem_loss
+        logs = {"diffusion": per_sample.mean().detach(), "semantic": sem_loss.detach()}
+        if self.layout_weight > 0:
+            probe = self.layout_probe(self.model.llmn.feature_map(tokens).to(self.layout_probe.weight.dtype))
+            layout = F.mse_loss(probe.float(), latents.float())
+            loss = loss + self.layout_weight * layout
+            logs["layout"] = layout.detach()
+        return loss, logs
 
 
 def train_denoiser(run, cfg, model, train, test, backbone, tag: int):
@@ -77,14 +119,14 @@ def train_denoiser(run, cfg, model, train, test, backbone, tag: int):
     model.encoder.requires_grad_(bool(cfg.train_encoder))
     results = {}
     for phase, steps, lr, drop in (("main", cfg.steps, cfg.lr, 0.0), ("cfg", cfg.cfg_steps, cfg.cfg_lr, cfg.cfg_drop)):
-        objective = DenoisingObjective(model, unet, sched, train.empty_text, cfg.semantic_weight, drop)
+        objective = DenoisingObjective(model, unet, sched, train.empty_text, cfg.semantic_weight, drop,
+                                       layout_weight=cfg.layout_weight, x0_weight_max=cfg.x0_weight_max)
 
         def batches(step, _tag=tag * 10 + len(results)):
             return train.batch(sd.sample_indices(len(train), cfg.batch_size, cfg.seed, _tag, step, run.rank))
 
         def loss_fn(obj, b, step):
-            loss, dif, sem = obj(b["maps"], b["latents"], b["text"])
-            return loss, {"diffusion": dif, "semantic": sem}
+            return obj(b["maps"], b["latents"], b["text"])
 
         desc = f"{run.stage_label} · {'CFG phase' if phase == 'cfg' else 'main'}"
         res = run.fit(objective, loss_fn, batches, cfg.fit_config(steps, lr, desc, tag=len(results)), phase)

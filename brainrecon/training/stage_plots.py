@@ -85,7 +85,7 @@ def plot_stage_losses(stage_dirs, keys=("loss",), window: int = 25, title=None):
     stage_dirs : path-like or dict
         One folder, or ``{label: folder}``.
     keys : sequence of str
-        Logged values to draw, one panel each (``"loss"``, ``"diffusion"``, ``"semantic"``).
+        Logged values to draw, one panel each (``"loss"``, ``"diffusion"``, ``"semantic"``, ``"layout"``).
     window : int
         Running-mean window (steps).
     title : str, optional

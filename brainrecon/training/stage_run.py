@@ -49,7 +49,7 @@ def read_stage_config(directory) -> dict:
                               "rerun the stage that wrote it.") from err
 
 
-def loss_summary(result, keys=("loss", "diffusion", "semantic"), k: int | None = None) -> dict:
+def loss_summary(result, keys=("loss", "diffusion", "semantic", "layout"), k: int | None = None) -> dict:
     """Mean of each logged value over the first and last ``k`` steps (default: a tenth, ≥ 1)."""
     n = len(result.history)
     if n == 0:

@@ -19,6 +19,12 @@ from that folder::
   phase; ``init_from=None`` trains the same network from scratch on that subject (Tab. 2's
   "no multi-subject pre-training"), ``train_fraction`` uses part of the subject's data.
 
+The toy presets (``.default()``, ``.smoke()``) add two terms to stages ii–iii that the paper does
+not have, ``layout_weight`` (a training-only probe reads ``z_0`` from the LLMN's ``F_0``) and
+``x0_weight_max`` (ε-errors weighted towards high noise); without them the toy LLMN learns a
+correction that ignores the scan (:mod:`~brainrecon.training.stage_denoise`). For the paper's
+objective pass ``layout_weight=0, x0_weight_max=None``.
+
 Everything runs through :func:`~brainrecon.training.fit` (accelerate: CPU, one GPU, or
 ``accelerate launch`` on several; bf16 on GPUs by default), checkpoints under
 ``OUT/checkpoints/`` and resumes exactly after a kill: call the stage again with the same
@@ -149,6 +155,16 @@ class _DenoiseCommon(_Common):
     cfg_lr: float = 1e-4
     cfg_drop: float = 0.05           # share of semantic conditions replaced by the empty caption
     gradient_checkpointing: bool = False
+    # Two additions to the paper's objective (0 / None = the paper's; the toy presets turn them on,
+    # see DenoisingObjective and data_cards/neuropictor_toy.md for why and what they change):
+    layout_weight: float = 0.0       # μ of μ·MSE(P(F_0), z_0), P a training-only 1×1 conv probe
+    x0_weight_max: float | None = None   # γ: weight timestep t by min((1-ᾱ_t)/ᾱ_t, γ), mean 1
+
+    def __post_init__(self):
+        if self.layout_weight < 0:
+            raise InvalidInputError(f"layout_weight must be ≥ 0; got {self.layout_weight}.")
+        if self.x0_weight_max is not None and not self.x0_weight_max > 0:
+            raise InvalidInputError(f"x0_weight_max must be > 0 or None; got {self.x0_weight_max}.")
 
 
 @dataclass(frozen=True)
@@ -165,9 +181,10 @@ class MultisubjectConfig(_DenoiseCommon):
     exclude_subjects: tuple = ()
 
     _SMOKE = dict(toy_preset="smoke", steps=12, cfg_steps=4, batch_size=16, lr=1e-3, warmup_steps=2,
-                  checkpoint_every=4, hlgn_hidden_tokens=16, n_eval=16, progress=False)
-    _DEFAULT = dict(steps=1800, cfg_steps=200, batch_size=32, lr=5e-4, cfg_lr=1e-4, warmup_steps=100,
-                    checkpoint_every=200, n_eval=200)
+                  checkpoint_every=4, hlgn_hidden_tokens=16, n_eval=16, progress=False, layout_weight=1.0,
+                  x0_weight_max=50.0)
+    _DEFAULT = dict(steps=4000, cfg_steps=200, batch_size=32, lr=5e-4, cfg_lr=1e-4, warmup_steps=100,
+                    checkpoint_every=200, n_eval=200, layout_weight=1.0, x0_weight_max=50.0)
 
 
 @dataclass(frozen=True)
@@ -187,9 +204,10 @@ class RefineConfig(_DenoiseCommon):
     auxiliary: bool = True
 
     _SMOKE = dict(toy_preset="smoke", steps=12, cfg_steps=4, batch_size=16, lr=1e-3, warmup_steps=2,
-                  checkpoint_every=4, hlgn_hidden_tokens=16, n_eval=16, progress=False)
+                  checkpoint_every=4, hlgn_hidden_tokens=16, n_eval=16, progress=False, layout_weight=1.0,
+                  x0_weight_max=50.0)
     _DEFAULT = dict(steps=800, cfg_steps=100, batch_size=32, lr=3e-4, cfg_lr=5e-5, warmup_steps=50,
-                    checkpoint_every=200, n_eval=100)
+                    checkpoint_every=200, n_eval=100, layout_weight=1.0, x0_weight_max=50.0)
 
 
 # =============================================================================== stage i
