@@ -86,8 +86,9 @@ fig_loss
 # empty caption knows nothing about the scan; with the true caption it knows the scene's words.
 # NeuroPictor's prediction uses only the scan. One more bar feeds the LLMN *another* scan's tokens
 # (each scan keeps its own semantic condition): if that bar equals NeuroPictor's, the low-level
-# pathway has learned a correction that ignores the scan (on the shipped toy run the two differ by
-# 0.01 %: `data_cards/neuropictor_toy.md`).
+# pathway has learned a correction that ignores the scan. The toy recipe before its layout probe and
+# x0 weighting did exactly that (the bars differed by 0.01 %); the shipped run's differ by 1.3 %
+# (`data_cards/neuropictor_toy.md`).
 
 # %%
 fig_scores = plot_denoising_scores({"stage ii": stage_dir})
