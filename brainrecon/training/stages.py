@@ -99,7 +99,7 @@ class _Common:
 
     @classmethod
     def default(cls, **overrides):
-        """The shipped toy recipe (all stages ≈ 15 min on 2 CPU cores)."""
+        """The shipped toy recipe (stages i–iii ≈ 22 min on one CPU thread; data_cards/neuropictor_toy.md)."""
         return cls(**{**cls._DEFAULT, **overrides})
 
 
