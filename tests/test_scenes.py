@@ -120,3 +120,31 @@ def test_plot_scenes(many):
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_swap_caption_word_changes_exactly_one_word_of_its_kind():
+    caps = sc.make_scenes(40, image_size=32, seed=5).captions
+    for attr, words in (("category", sc.CATEGORIES), ("colour", tuple(sc.COLOURS))):
+        for which in ("main", "any"):
+            new = sc.swap_caption_word(caps, attr, np.random.default_rng(0), which)
+            for a, b in zip(caps, new):
+                diff = [(x, y) for x, y in zip(a.split(), b.split()) if x != y]
+                assert len(a.split()) == len(b.split()) and len(diff) == 1
+                x, y = (w.rstrip(",") for w in diff[0])
+                assert x in words and y in words and x != y
+                if which == "main":      # the first word of that kind is the main object's
+                    assert a.split().index(diff[0][0]) == min(i for i, w in enumerate(a.split())
+                                                              if w.rstrip(",") in words)
+    # "any" reaches other objects too; the replacement is uniform over the other words
+    multi = [c for c in caps if c.count(",") >= 1] * 20
+    new = sc.swap_caption_word(multi, "category", np.random.default_rng(1), "any")
+    firsts = sum(a.split()[3] != b.split()[3] for a, b in zip(multi, new))
+    assert 0 < firsts < len(multi)
+    swapped = sc.swap_caption_word(["a large red star in the centre on a plain grey background"] * 900,
+                                   "category", np.random.default_rng(2))
+    counts = {w: sum(s.split()[3] == w for s in swapped) for w in sc.CATEGORIES}
+    assert counts["star"] == 0 and min(v for k, v in counts.items() if k != "star") > 60
+    assert sc.swap_caption_word(["on a plain grey background"], "colour", np.random.default_rng(0)) == \
+        ["on a plain grey background"]                                     # background colours never swap
+    with pytest.raises(InvalidInputError, match="attribute must be one of"):
+        sc.swap_caption_word(caps, "size", np.random.default_rng(0))

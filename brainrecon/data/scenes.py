@@ -41,6 +41,7 @@ __all__ = [
     "make_scenes",
     "render_masks",
     "caption_for",
+    "swap_caption_word",
     "vocabulary",
     "plot_scenes",
 ]
@@ -286,6 +287,48 @@ def caption_for(objects: list, background: dict, image_size: int = 64) -> str:
     else:
         text = parts[0]
     return f"{text} on a {background['pattern']} {background['colour']} background"
+
+
+def swap_caption_word(captions, attribute: str, rng: np.random.Generator, which: str = "main") -> list[str]:
+    """Hard-negative captions: one category (or colour) word replaced by another of its kind.
+
+    Each caption keeps every other word, so telling it from the original needs exactly the
+    swapped attribute (the "hard negatives" of NegCLIP, Yuksekgonul et al., ICLR 2023).
+
+    Parameters
+    ----------
+    captions : sequence of str
+        Grammar captions (:func:`caption_for`).
+    attribute : {"category", "colour"}
+        Which kind of word to swap (object colours only, never the background's).
+    rng : numpy.random.Generator
+        Picks the word (with ``which="any"``) and its replacement.
+    which : {"main", "any"}
+        ``"main"``: the first word of that kind, the main object's; ``"any"``: one of the
+        caption's words of that kind, uniformly.
+
+    Returns
+    -------
+    list of str
+        Captions with the word replaced by a different one of the same kind, chosen uniformly;
+        a caption without such a word is returned unchanged.
+    """
+    kinds = {"category": list(CATEGORIES), "colour": list(COLOURS)}
+    if attribute not in kinds or which not in ("main", "any"):
+        raise InvalidInputError(f"swap_caption_word: attribute must be one of {sorted(kinds)} and which "
+                                f"'main' or 'any'; got {attribute!r}, {which!r}.")
+    words = kinds[attribute]
+    out = []
+    for cap in captions:
+        toks = cap.split(" ")
+        pos = [i for i, w in enumerate(toks) if w.rstrip(",") in words]
+        if pos:
+            i = pos[0] if which == "main" else pos[int(rng.integers(len(pos)))]
+            w = toks[i].rstrip(",")
+            new = words[(words.index(w) + int(rng.integers(1, len(words)))) % len(words)]
+            toks[i] = new + toks[i][len(w):]
+        out.append(" ".join(toks))
+    return out
 
 
 def vocabulary() -> list[str]:
