@@ -69,6 +69,13 @@ fig = plot_backbone_samples(backbone, scenes.captions[:N_SHOW], GUIDANCE_SCALES,
                             num_inference_steps=NUM_INFERENCE_STEPS, seed=SEED)
 fig.savefig(out / "samples.png", dpi=120)
 
+# %% [markdown]
+# The held-out figures. Besides PSNR, retrieval and the text-to-image attribute match:
+# `attr_classifier_vae_*` is how the attribute classifier reads the VAE's own reconstructions (what a
+# perfect generator would score), and `clip_hard_negative_category` / `_colour` how often toy CLIP
+# prefers a caption to the same caption with the main object's category / colour word swapped
+# (chance 0.5): whether the text features the U-Net reads know the shape at all.
+
 # %%
 metrics = evaluate_backbone(backbone, n_eval=N_EVAL, n_retrieval=N_RETRIEVAL, n_generate=N_GENERATE,
                             heldout_seed=backbone.metadata.get("heldout_seed", 10_000),

@@ -1,5 +1,6 @@
 """Toy backbones and SD-folder loading: tokenizer, round trips, load_backbone, acceptance."""
 import json
+import numpy as np
 
 import pytest
 import torch
@@ -249,7 +250,24 @@ def test_shipped_attribute_classifier(toy, heldout):
 
     sc, x = heldout
     a = attribute_accuracy(toy.attribute_classifier, x, sc.category, sc.colour, sc.bbox)
-    assert a["category"] >= 0.75 and a["colour"] >= 0.9 and a["bbox_iou"] >= 0.65
+    assert a["category"] >= 0.88 and a["colour"] >= 0.93 and a["bbox_iou"] >= 0.78
+    # trained partly on the VAE's reconstructions, it reads decoded images almost as well
+    # (card: 90.0 % vs 92.5 % category on 200 images; the classifier of 2026-11-29 read 79.5 %)
+    with torch.no_grad():
+        r = toy.decode_latents(toy.encode_latents(x))
+    v = attribute_accuracy(toy.attribute_classifier, r, sc.category, sc.colour)
+    assert v["category"] >= 0.85 and v["both"] >= 0.83
+
+
+def test_shipped_clip_hard_negatives(toy, heldout):
+    """Swapping the main object's colour word always lowers toy CLIP's score; swapping its category
+    word does in 67 % of the card's 100 pairs (chance 50 %): the text features hold shape only weakly."""
+    from brainrecon.backbones.evaluate import clip_hard_negatives
+
+    sc, x = heldout
+    h = clip_hard_negatives(toy, x, sc.captions)
+    assert h["n_pairs"] == len(sc.captions) and h["colour"] >= 0.95
+    assert h["category"] >= 0.55
 
 
 def test_shipped_text_to_image_guidance_helps(toy, heldout):
@@ -267,7 +285,7 @@ def test_shipped_text_to_image_guidance_helps(toy, heldout):
 
 
 @pytest.mark.xfail(strict=True, reason="issue 3 asks category+colour match >= 80 %; the shipped U-Net "
-                                       "gets 10 % (colour yes, shape near chance) — data_cards/toy_backbones.md")
+                                       "gets 12 % (colour yes, shape near chance) — data_cards/toy_backbones.md")
 def test_shipped_text_to_image_meets_acceptance(toy, heldout):
     from brainrecon.backbones.evaluate import text_to_image_match
 
@@ -275,3 +293,46 @@ def test_shipped_text_to_image_meets_acceptance(toy, heldout):
     n = 32
     r = text_to_image_match(toy, sc.captions[:n], sc.category[:n], sc.colour[:n], num_inference_steps=15)
     assert r["both"] >= 0.8
+
+
+def test_toy_clip_hard_negatives_swap_one_word_per_caption():
+    """NegCLIP captions for toy CLIP: k per scene, one category/colour token changed, seeded by step."""
+    from brainrecon.backbones.toy import make_toy_tokenizer
+    from brainrecon.backbones.toy_train import HARD_NEGATIVES, _hard_negative_ids
+    from brainrecon.data.scenes import CATEGORIES, COLOURS
+
+    tok = make_toy_tokenizer()
+    sc = make_scenes(16, image_size=16, seed=2)
+    ids = tok(sc.captions, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    data = {"captions": sc.captions, "ids": ids, "tokenizer": tok}
+    cfg = ToyBackboneConfig.quick().replace(clip_hard_negatives=3)
+    idx = np.array([3, 0, 7, 7])
+    negs = _hard_negative_ids(cfg, data, idx, step=5)
+    assert negs.shape == (12, tok.model_max_length)
+    assert torch.equal(negs, _hard_negative_ids(cfg, data, idx, step=5))
+    assert not torch.equal(negs, _hard_negative_ids(cfg, data, idx, step=6))
+    vocab = {"category": set(tok.convert_tokens_to_ids(list(CATEGORIES))),
+             "colour": set(tok.convert_tokens_to_ids(list(COLOURS)))}
+    for k, (attr, _) in enumerate(HARD_NEGATIVES[:3]):
+        for j, i in enumerate(idx):
+            neg, own = negs[k * len(idx) + j], ids[i]
+            where = (neg != own).nonzero()[:, 0]
+            assert len(where) == 1
+            assert int(own[where]) in vocab[attr] and int(neg[where]) in vocab[attr]
+    assert _hard_negative_ids(cfg.replace(clip_hard_negatives=0), data, idx, 1).shape == (0, tok.model_max_length)
+
+
+def test_toy_clip_trains_with_hard_negatives(tmp_path):
+    from brainrecon.backbones.toy import make_toy_tokenizer
+    from brainrecon.backbones.toy_train import _train_clip
+
+    tok = make_toy_tokenizer()
+    sc = make_scenes(64, image_size=16, seed=4)
+    ids = tok(sc.captions, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    data = {"captions": sc.captions, "ids": ids, "tokenizer": tok,
+            "images": torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous()}
+    torch.manual_seed(0)
+    rec = _train_clip(ToyBackboneConfig.quick().replace(clip_hard_negatives=2, clip_steps=30, clip_lr=3e-3), data,
+                      tmp_path)
+    assert rec["steps"] == 30 and rec["loss_final"] < rec["loss_first"]
+    assert (tmp_path / "text_encoder" / "model.safetensors").is_file()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["heldout_scenes", "vae_psnr", "clip_retrieval", "attribute_accuracy", "plot_vae_reconstructions",
+__all__ = ["heldout_scenes", "vae_psnr", "clip_retrieval", "clip_hard_negatives", "attribute_accuracy", "plot_vae_reconstructions",
            "plot_retrieval",
            "text_to_image_match", "evaluate_backbone", "plot_backbone_samples", "images_to_tensor"]
 
@@ -50,6 +50,30 @@ def clip_retrieval(backbone, images: torch.Tensor, captions) -> dict:
     return {"caption_to_image_top1": float((sim.argmax(1) == target).float().mean()),
             "image_to_caption_top1": float((sim.argmax(0) == target).float().mean()),
             "n_pairs": int(len(t))}
+
+
+@torch.no_grad()
+def clip_hard_negatives(backbone, images: torch.Tensor, captions, seed: int = 0) -> dict:
+    """How often toy CLIP scores an image's caption above the same caption with one word swapped.
+
+    For each pair, the main object's category word (``category``) or colour word (``colour``)
+    is replaced by another (:func:`brainrecon.data.scenes.swap_caption_word`); chance is 0.5.
+    Retrieval among random captions can be won on colour, place and background alone; this
+    figure tells whether the text features know the shape at all.
+    """
+    from ..data.scenes import swap_caption_word
+
+    captions = list(captions)
+    v = torch.nn.functional.normalize(backbone.encode_image_embeds(images), dim=-1)
+    t = torch.nn.functional.normalize(backbone.encode_text_embeds(captions), dim=-1)
+    own = (v * t).sum(-1)
+    rng = np.random.default_rng(int(seed))
+    res = {"n_pairs": len(captions)}
+    for attr in ("category", "colour"):
+        tn = torch.nn.functional.normalize(
+            backbone.encode_text_embeds(swap_caption_word(captions, attr, rng, "main")), dim=-1)
+        res[attr] = float((own > (v * tn).sum(-1)).float().mean())
+    return res
 
 
 @torch.no_grad()
@@ -95,8 +119,10 @@ def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_gen
 
     Keys: ``vae_psnr_db`` (mean per-image PSNR), ``vae_psnr_db_median``,
     ``vae_psnr_db_without_noisy_backgrounds``, ``clip_caption_to_image_top1``,
-    ``clip_image_to_caption_top1``, ``attr_classifier_category_acc``, ``…_colour_acc``,
-    ``…_bbox_iou``, and per guidance scale ``t2i_match_gs<scale>`` (category and colour both
+    ``clip_image_to_caption_top1``, ``clip_hard_negative_category`` / ``_colour``
+    (:func:`clip_hard_negatives`), ``attr_classifier_category_acc``, ``…_colour_acc``,
+    ``…_bbox_iou``, the same three accuracies on the VAE's reconstructions of those images
+    (``attr_classifier_vae_…``: how a perfect generator would be scored), and per guidance scale ``t2i_match_gs<scale>`` (category and colour both
     right), ``t2i_category_gs<scale>``, ``t2i_colour_gs<scale>``; ``t2i_match_default`` repeats
     the default scale.
     """
@@ -115,12 +141,21 @@ def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_gen
         r = clip_retrieval(backbone, x[:n_retrieval], sc.captions[:n_retrieval])
         m.update(clip_caption_to_image_top1=r["caption_to_image_top1"],
                  clip_image_to_caption_top1=r["image_to_caption_top1"], clip_n_pairs=r["n_pairs"])
+        h = clip_hard_negatives(backbone, x[:n_retrieval], sc.captions[:n_retrieval], seed=seed)
+        m.update(clip_hard_negative_category=h["category"], clip_hard_negative_colour=h["colour"])
     if backbone.attribute_classifier is not None:
         if n_eval:
             a = attribute_accuracy(backbone.attribute_classifier, x[:n_eval], sc.category[:n_eval],
                                    sc.colour[:n_eval], sc.bbox[:n_eval])
             m.update(attr_classifier_category_acc=a["category"], attr_classifier_colour_acc=a["colour"],
                      attr_classifier_both_acc=a["both"], attr_classifier_bbox_iou=a["bbox_iou"])
+            with torch.no_grad():   # the same scenes through the VAE: how a perfect generator would score
+                xe = x[:n_eval]
+                r = torch.cat([backbone.decode_latents(backbone.encode_latents(xe[i:i + 64].to(backbone.device))).cpu()
+                               for i in range(0, n_eval, 64)])
+            a = attribute_accuracy(backbone.attribute_classifier, r, sc.category[:n_eval], sc.colour[:n_eval])
+            m.update(attr_classifier_vae_category_acc=a["category"], attr_classifier_vae_colour_acc=a["colour"],
+                     attr_classifier_vae_both_acc=a["both"])
         if n_generate:
             for gs in guidance_scales:
                 r = text_to_image_match(backbone, sc.captions[:n_generate], sc.category[:n_generate],

@@ -66,6 +66,11 @@ class ToyBackboneConfig:
         Toy CLIP towers (both towers share width, depth and heads).
     clip_steps, clip_batch_size, clip_lr : int, int, float
         Contrastive training.
+    clip_hard_negatives : int
+        Hard-negative captions per image (NegCLIP): the first ``k`` of the main object's
+        category swapped, any object's category swapped, any object's colour swapped, the main
+        object's colour swapped. They join the batch's captions in the image → text loss. ``0``
+        is plain symmetric InfoNCE.
     vae_channels : tuple of int
         ``block_out_channels`` of the VAE; ``len - 1`` halvings (3 -> ×4).
     vae_latent_channels : int
@@ -83,6 +88,10 @@ class ToyBackboneConfig:
         Probability of replacing the caption by the empty caption (classifier-free guidance).
     attr_steps, attr_batch_size, attr_lr, attr_channels
         Attribute-classifier training and its conv stages.
+    attr_vae_fraction : float
+        Share of each classifier batch shown as the trained VAE's reconstruction (the rest:
+        half 3×3-blurred, half as rendered), so that decoded and generated images are judged
+        as well as real ones. The classifier is therefore trained after the VAE.
     guidance_scale : float
         Default classifier-free guidance scale (recorded in ``backbone.json``).
     num_inference_steps : int
@@ -109,6 +118,7 @@ class ToyBackboneConfig:
     clip_steps: int = 450
     clip_batch_size: int = 128
     clip_lr: float = 1e-3
+    clip_hard_negatives: int = 0
     vae_channels: tuple = (16, 32, 64)
     vae_latent_channels: int = 16
     vae_steps: int = 3000
@@ -123,10 +133,11 @@ class ToyBackboneConfig:
     unet_batch_size: int = 64
     unet_lr: float = 1e-3
     cfg_dropout: float = 0.1
-    attr_steps: int = 3000
+    attr_steps: int = 8000
     attr_batch_size: int = 64
     attr_channels: tuple = (16, 32, 64, 128)
     attr_lr: float = 2e-3
+    attr_vae_fraction: float = 1 / 3
     guidance_scale: float = 5.0
     num_inference_steps: int = 25
     checkpoint_every: int = 100

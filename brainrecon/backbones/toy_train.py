@@ -34,7 +34,7 @@ from .toy import (ToyBackboneConfig, make_toy_image_encoder, make_toy_scheduler,
 
 __all__ = ["train_toy_backbones"]
 
-_PARTS = ("clip", "attribute_classifier", "vae", "vae_decoder", "unet")
+_PARTS = ("clip", "vae", "vae_decoder", "attribute_classifier", "unet")   # the judge learns on VAE outputs
 
 
 class _ClipPair(nn.Module):
@@ -73,6 +73,32 @@ def _summary(res, n: int = 50) -> dict:
 
 
 # ------------------------------------------------------------------------------- parts
+#: The hard-negative captions of toy CLIP, in the order ``clip_hard_negatives`` takes them.
+HARD_NEGATIVES = (("category", "main"), ("category", "any"), ("colour", "any"), ("colour", "main"))
+
+
+def _hard_negative_ids(cfg, data, idx, step: int) -> torch.Tensor:
+    """Token ids of ``cfg.clip_hard_negatives`` swapped captions per picked scene (NegCLIP).
+
+    Plain InfoNCE among random captions is won on colour, place and background, which
+    differ between almost any two toy captions, so the text tower is free to forget shape:
+    the shipped toy CLIP of 2026-11-29 did (the hidden states of two captions that differ in
+    their category word were 7× closer than of two that differ in colour). A caption with only
+    its category word swapped can be told from the true one by shape alone.
+    """
+    from ..data.scenes import swap_caption_word
+
+    kinds = HARD_NEGATIVES[:int(cfg.clip_hard_negatives)]
+    if not kinds:
+        return torch.zeros(0, data["ids"].shape[1], dtype=data["ids"].dtype)
+    rng = np.random.default_rng([int(cfg.seed), 7, int(step)])
+    captions = [data["captions"][int(j)] for j in idx]
+    tok = data["tokenizer"]
+    negs = [c for attr, which in kinds for c in swap_caption_word(captions, attr, rng, which)]
+    return tok(negs, padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids
+
+
 def _train_clip(cfg, data, out: Path) -> dict:
     tok = data["tokenizer"]
     text = make_toy_text_encoder(len(tok), cfg.clip_width, cfg.clip_layers, cfg.clip_heads,
@@ -85,16 +111,18 @@ def _train_clip(cfg, data, out: Path) -> dict:
 
     def batches(step):
         i = pick(step)
-        return images[i].float() / 255, ids[i]
+        return images[i].float() / 255, ids[i], _hard_negative_ids(cfg, data, i, step)
 
     def loss_fn(m, batch, step):
-        x, t = batch
-        te = F.normalize(m.text(t).text_embeds, dim=-1)
+        x, t, negs = batch
+        te = F.normalize(m.text(torch.cat([t, negs]) if len(negs) else t).text_embeds, dim=-1)
         ie = F.normalize(m.vision(pixel_values=_clip_pixels(x)).image_embeds, dim=-1)
-        logits = m.logit_scale.clamp(max=np.log(100)).exp() * te @ ie.T
-        target = torch.arange(len(te), device=te.device)
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        acc = (logits.argmax(1) == target).float().mean()
+        scale = m.logit_scale.clamp(max=np.log(100)).exp()
+        target = torch.arange(len(t), device=te.device)
+        to_text = scale * ie @ te.T                 # each image against the batch's captions + hard negatives
+        to_image = scale * te[:len(t)] @ ie.T       # each caption against the batch's images
+        loss = (F.cross_entropy(to_text, target) + F.cross_entropy(to_image, target)) / 2
+        acc = (to_image.argmax(1) == target).float().mean()
         return loss, {"batch_top1": acc}
 
     res = fit(model, loss_fn, batches, _fit_config(cfg, cfg.clip_steps, cfg.clip_lr, "toy CLIP", 100),
@@ -116,19 +144,26 @@ def _train_attributes(cfg, data, out: Path) -> dict:
                                 channels=tuple(cfg.attr_channels))
     pick = _sampler(len(data["images"]), cfg.attr_batch_size, cfg.seed, 2)
     images, cat, col, box = data["images"], data["category"], data["colour"], data["bbox_frac"]
+    decoded = _decode_all(out / "vae", images) if cfg.attr_vae_fraction > 0 else None
+    f_vae = float(cfg.attr_vae_fraction)
+    f_blur = (1 - f_vae) / 2
 
     def batches(step):
         i = pick(step)
-        return images[i].float() / 255, cat[i], col[i], box[i]
+        x = images[i].float() / 255
+        return x, x if decoded is None else decoded[i].float() / 255, cat[i], col[i], box[i]
 
     def loss_fn(m, batch, step):
-        x, c, k, b = batch
-        # half the batch mildly blurred (3×3 binomial), so decoded / generated images are judged fairly
-        blur = torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5
+        x, x_vae, c, k, b = batch
+        # Every image the judge scores in use has been through the VAE's decoder (generated or
+        # reconstructed), so part of each batch is the VAE's reconstruction of the scene and
+        # part is mildly blurred (3×3 binomial); the labels are the scene's own.
+        u = torch.rand(len(x), 1, 1, 1, device=x.device)
         k1 = torch.tensor([1.0, 2.0, 1.0], device=x.device)
         kern = (k1[:, None] * k1[None, :] / 16).expand(3, 1, 3, 3)
         xb = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kern, groups=3)
-        return attribute_loss(m(torch.where(blur, xb, x)), c, k, b)
+        x = torch.where(u < f_vae, x_vae, torch.where(u < f_vae + f_blur, xb, x))
+        return attribute_loss(m(x), c, k, b)
 
     res = fit(model, loss_fn, batches, _fit_config(cfg, cfg.attr_steps, cfg.attr_lr, "attribute classifier", 50),
               out / "checkpoints" / "attribute_classifier")
@@ -210,6 +245,20 @@ def _train_vae_decoder(cfg, data, out: Path) -> dict:
 
 
 @torch.no_grad()
+def _decode_all(vae_dir, images_u8: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The VAE's reconstructions (posterior mean, decoded) of uint8 images, as uint8."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    out = []
+    for i in range(0, len(images_u8), batch_size):
+        x = images_u8[i:i + batch_size].float() / 127.5 - 1
+        r = vae.decode(vae.encode(x).latent_dist.mean).sample
+        out.append(((r.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def _encode_all(vae, images_u8: torch.Tensor, batch_size: int = 256):
     means = []
     for i in range(0, len(images_u8), batch_size):
@@ -264,7 +313,7 @@ def _load_data(cfg: ToyBackboneConfig, tokenizer) -> dict:
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
                       return_tensors="pt").input_ids[0]
     return {"images": torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous(), "ids": ids,
-            "empty_ids": empty, "category": torch.from_numpy(sc.category),
+            "empty_ids": empty, "captions": list(sc.captions), "category": torch.from_numpy(sc.category),
             "colour": torch.from_numpy(sc.colour),
             "bbox_frac": torch.from_numpy(sc.bbox).float() / cfg.image_size, "tokenizer": tokenizer}
 
