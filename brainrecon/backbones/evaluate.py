@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["heldout_scenes", "vae_psnr", "clip_retrieval", "clip_hard_negatives", "attribute_accuracy", "plot_vae_reconstructions",
-           "plot_retrieval",
+__all__ = ["heldout_scenes", "vae_psnr", "clip_retrieval", "clip_hard_negatives", "attribute_accuracy",
+           "plot_vae_reconstructions", "plot_retrieval",
            "text_to_image_match", "evaluate_backbone", "plot_backbone_samples", "images_to_tensor"]
 
 
@@ -122,9 +122,9 @@ def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_gen
     ``clip_image_to_caption_top1``, ``clip_hard_negative_category`` / ``_colour``
     (:func:`clip_hard_negatives`), ``attr_classifier_category_acc``, ``…_colour_acc``,
     ``…_bbox_iou``, the same three accuracies on the VAE's reconstructions of those images
-    (``attr_classifier_vae_…``: how a perfect generator would be scored), and per guidance scale ``t2i_match_gs<scale>`` (category and colour both
-    right), ``t2i_category_gs<scale>``, ``t2i_colour_gs<scale>``; ``t2i_match_default`` repeats
-    the default scale.
+    (``attr_classifier_vae_…``: how a perfect generator would be scored), and per guidance
+    scale ``t2i_match_gs<scale>`` (category and colour both right), ``t2i_category_gs<scale>``,
+    ``t2i_colour_gs<scale>``; ``t2i_match_default`` repeats the default scale.
     """
     size = backbone.image_size
     n_max = max(n_eval, n_retrieval, n_generate)
@@ -151,8 +151,8 @@ def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_gen
                      attr_classifier_both_acc=a["both"], attr_classifier_bbox_iou=a["bbox_iou"])
             with torch.no_grad():   # the same scenes through the VAE: how a perfect generator would score
                 xe = x[:n_eval]
-                r = torch.cat([backbone.decode_latents(backbone.encode_latents(xe[i:i + 64].to(backbone.device))).cpu()
-                               for i in range(0, n_eval, 64)])
+                r = torch.cat([backbone.decode_latents(backbone.encode_latents(xe[i:i + 64].to(backbone.device)))
+                               .cpu() for i in range(0, n_eval, 64)])
             a = attribute_accuracy(backbone.attribute_classifier, r, sc.category[:n_eval], sc.colour[:n_eval])
             m.update(attr_classifier_vae_category_acc=a["category"], attr_classifier_vae_colour_acc=a["colour"],
                      attr_classifier_vae_both_acc=a["both"])

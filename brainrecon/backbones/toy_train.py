@@ -83,7 +83,7 @@ def _hard_negative_ids(cfg, data, idx, step: int) -> torch.Tensor:
     Plain InfoNCE among random captions is won on colour, place and background, which
     differ between almost any two toy captions, so the text tower is free to forget shape:
     the shipped toy CLIP of 2026-11-29 did (the hidden states of two captions that differ in
-    their category word were 7× closer than of two that differ in colour). A caption with only
+    their category word were 3.5× closer than of two that differ in colour). A caption with only
     its category word swapped can be told from the true one by shape alone.
     """
     from ..data.scenes import swap_caption_word
