@@ -29,15 +29,18 @@ def heldout_scenes(n: int, image_size: int = 64, seed: int = 10_000):
 
 
 @torch.no_grad()
+def _vae_reconstructions(backbone, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """``decode_latents(encode_latents(x))`` (posterior mean) of every image, on the CPU."""
+    return torch.cat([backbone.decode_latents(backbone.encode_latents(images[i:i + batch_size].to(backbone.device)))
+                      .cpu() for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
 def vae_psnr(backbone, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """Per-image PSNR (dB, peak 1) of ``decode_latents(encode_latents(x))`` (posterior mean)."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(backbone.device)
-        r = backbone.decode_latents(backbone.encode_latents(x))
-        mse = ((r - x) ** 2).flatten(1).mean(1).clamp(min=1e-10)
-        out.append((10 * torch.log10(1.0 / mse)).cpu())
-    return torch.cat(out).numpy()
+    r = _vae_reconstructions(backbone, images, batch_size)
+    mse = ((r - images.cpu()) ** 2).flatten(1).mean(1).clamp(min=1e-10)
+    return (10 * torch.log10(1.0 / mse)).numpy()
 
 
 @torch.no_grad()
@@ -149,10 +152,7 @@ def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_gen
                                    sc.colour[:n_eval], sc.bbox[:n_eval])
             m.update(attr_classifier_category_acc=a["category"], attr_classifier_colour_acc=a["colour"],
                      attr_classifier_both_acc=a["both"], attr_classifier_bbox_iou=a["bbox_iou"])
-            with torch.no_grad():   # the same scenes through the VAE: how a perfect generator would score
-                xe = x[:n_eval]
-                r = torch.cat([backbone.decode_latents(backbone.encode_latents(xe[i:i + 64].to(backbone.device)))
-                               .cpu() for i in range(0, n_eval, 64)])
+            r = _vae_reconstructions(backbone, x[:n_eval])   # how a perfect generator would be scored
             a = attribute_accuracy(backbone.attribute_classifier, r, sc.category[:n_eval], sc.colour[:n_eval])
             m.update(attr_classifier_vae_category_acc=a["category"], attr_classifier_vae_colour_acc=a["colour"],
                      attr_classifier_vae_both_acc=a["both"])
