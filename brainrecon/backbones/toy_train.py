@@ -250,12 +250,9 @@ def _decode_all(vae_dir, images_u8: torch.Tensor, batch_size: int = 256) -> torc
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
-    out = []
-    for i in range(0, len(images_u8), batch_size):
-        x = images_u8[i:i + batch_size].float() / 127.5 - 1
-        r = vae.decode(vae.encode(x).latent_dist.mean).sample
-        out.append(((r.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
-    return torch.cat(out)
+    mean = _encode_all(vae, images_u8, batch_size)
+    out = [vae.decode(mean[i:i + batch_size]).sample for i in range(0, len(mean), batch_size)]
+    return ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 @torch.no_grad()
