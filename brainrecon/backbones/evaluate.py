@@ -100,10 +100,15 @@ def attribute_accuracy(classifier, images: torch.Tensor, category, colour, bbox=
 
 @torch.no_grad()
 def text_to_image_match(backbone, captions, category, colour, guidance_scale: float | None = None,
-                        num_inference_steps: int = 25, seed: int = 0, return_images: bool = False):
+                        num_inference_steps: int = 25, seed: int = 0, return_images: bool = False,
+                        bbox=None, image_size: int | None = None):
     """Share of samples whose main object the attribute classifier reads as the caption's.
 
-    Returns a dict with ``category``, ``colour`` and ``both`` (the acceptance figure).
+    Returns a dict with ``category``, ``colour`` and ``both`` (the acceptance figure). With the
+    captioned scenes' main-object boxes ``bbox`` (pixels of images of side ``image_size``, default
+    the backbone's) it also scores the place word: ``position_error`` (distance of the generated
+    main object's centre from the captioned one, in image sides) and ``position_error_shuffled``
+    (the same against the box of caption ``i + n/2``: what ignoring the place word scores).
     """
     if backbone.attribute_classifier is None:
         raise ValueError("this backbone has no attribute_classifier/ (toy world only).")
@@ -111,6 +116,14 @@ def text_to_image_match(backbone, captions, category, colour, guidance_scale: fl
     imgs = backbone.generate(list(captions), guidance_scale=guidance_scale,
                              num_inference_steps=num_inference_steps, generator=g)
     res = attribute_accuracy(backbone.attribute_classifier, imgs, category, colour)
+    if bbox is not None:
+        from ..metrics.attributes import attribute_scores_per_image
+
+        bbox = np.asarray(bbox, np.float64)
+        side = backbone.image_size if image_size is None else int(image_size)
+        for key, boxes in (("position_error", bbox), ("position_error_shuffled", np.roll(bbox, len(bbox) // 2, 0))):
+            s = attribute_scores_per_image(imgs, category, colour, boxes, backbone.attribute_classifier, side)
+            res[key] = float(s["position_error"].mean())
     res["guidance_scale"] = float(backbone.guidance_scale if guidance_scale is None else guidance_scale)
     return (res, imgs) if return_images else res
 
@@ -127,7 +140,9 @@ def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_gen
     ``…_bbox_iou``, the same three accuracies on the VAE's reconstructions of those images
     (``attr_classifier_vae_…``: how a perfect generator would be scored), and per guidance
     scale ``t2i_match_gs<scale>`` (category and colour both right), ``t2i_category_gs<scale>``,
-    ``t2i_colour_gs<scale>``; ``t2i_match_default`` repeats the default scale.
+    ``t2i_colour_gs<scale>``, ``t2i_position_error_gs<scale>`` and its chance level
+    ``t2i_position_error_shuffled_gs<scale>`` (the caption's place word, :func:`text_to_image_match`);
+    ``t2i_match_default`` repeats the default scale.
     """
     size = backbone.image_size
     n_max = max(n_eval, n_retrieval, n_generate)
@@ -159,11 +174,14 @@ def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_gen
         if n_generate:
             for gs in guidance_scales:
                 r = text_to_image_match(backbone, sc.captions[:n_generate], sc.category[:n_generate],
-                                        sc.colour[:n_generate], gs, num_inference_steps, seed)
+                                        sc.colour[:n_generate], gs, num_inference_steps, seed,
+                                        bbox=sc.bbox[:n_generate])
                 key = f"gs{r['guidance_scale']:g}"
                 m[f"t2i_match_{key}"] = r["both"]
                 m[f"t2i_category_{key}"] = r["category"]
                 m[f"t2i_colour_{key}"] = r["colour"]
+                m[f"t2i_position_error_{key}"] = r["position_error"]
+                m[f"t2i_position_error_shuffled_{key}"] = r["position_error_shuffled"]
                 if gs is None:
                     m["t2i_match_default"] = r["both"]
                     m["guidance_scale_default"] = r["guidance_scale"]
