@@ -245,6 +245,40 @@ def test_layout_probe_learns_and_stays_out_of_the_model(chain, world, backbone, 
     model.save_pretrained(tmp_path / "m")
     assert not any("layout_probe" in k for k in NeuroPictorModel.from_pretrained(tmp_path / "m").state_dict())
 
+def test_layout_probe_warm_start_is_the_least_squares_read_out(chain, world, backbone):
+    """fit_layout_probe sets P to the optimum: no gradient left, below a random probe, refused without P."""
+    from diffusers import DDPMScheduler
+
+    from brainrecon.training.stage_data import cache_stage_data, make_stage_dataset
+    from brainrecon.training.stage_denoise import DenoisingObjective
+
+    _, pre = chain
+    model = NeuroPictorModel.from_pretrained(pre / "model")
+    data = cache_stage_data(make_stage_dataset(world, ["subj01"], "train", 32, "visual"), backbone, progress=False)
+    b = data.batch(torch.arange(32))
+    sched = DDPMScheduler.from_config(backbone.scheduler.config)
+    plain = DenoisingObjective(model, backbone.unet, sched, data.empty_text, 0.1, 0.0)
+    with pytest.raises(ValueError, match="layout_weight"):
+        plain.fit_layout_probe(b["maps"], b["latents"])
+    obj = DenoisingObjective(model, backbone.unet, sched, data.empty_text, 0.1, 0.0, layout_weight=1.0)
+
+    def probe_loss():
+        with torch.no_grad():
+            f = model.llmn.feature_map(model.encode(b["maps"]))
+        return torch.nn.functional.mse_loss(obj.layout_probe(f), b["latents"])
+
+    random_loss = probe_loss().item()
+    fitted = obj.fit_layout_probe(b["maps"], b["latents"], batch_size=7, ridge=1e-9)
+    loss = probe_loss()
+    assert fitted == pytest.approx(loss.item(), rel=1e-4)
+    assert fitted < 0.9 * random_loss
+    loss.backward()                                            # the least-squares optimum: flat there
+    g = torch.cat([obj.layout_probe.weight.grad.flatten(), obj.layout_probe.bias.grad])
+    assert float(g.abs().max()) < 1e-4
+    obj.fit_layout_probe(b["maps"], b["latents"], ridge=1e-9)
+    assert probe_loss().item() == pytest.approx(fitted, rel=1e-4)   # a second fit lands on the same optimum
+
+
 def test_shuffled_scan_score_tells_whether_the_llmn_reads_the_scan(chain, world, backbone):
     """``noise_mse_shuffled_scan`` equals ``noise_mse`` exactly when F_0 ignores the scan, and not otherwise."""
     from diffusers import DDPMScheduler

@@ -15,10 +15,15 @@ read the scan in a few thousand CPU steps instead of the official ~10⁵ GPU ste
   from the scan; this moves it to high noise, where the layout is decided.
 * ``layout_weight`` = μ adds ``μ·MSE(P(F_0), z_0)``: a training-only 1×1 convolution ``P`` reads the
   clean latent from the LLMN's feature map ``F_0 = E_ft(S^r)`` (Eq. 5), so ``E_ft`` learns the layout
-  directly instead of through the frozen U-Net's residual path. ``P`` is never saved with the model.
+  directly instead of through the frozen U-Net's residual path. ``P`` is never saved with the model;
+  at the start of every phase (main, CFG) and stage it is set to the least-squares read-out of ``z_0``
+  from the current ``F_0`` (:meth:`DenoisingObjective.fit_layout_probe`), so ``L_layout`` continues
+  where the previous phase left it instead of restarting from a random probe whose gradients would
+  pull ``E_ft`` away from the layout it learned.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,7 +31,10 @@ from torch import nn
 from . import stage_data as sd
 from .stage_eval import score_denoiser
 
-__all__ = ["DenoisingObjective", "train_denoiser", "x0_timestep_weights"]
+__all__ = ["DenoisingObjective", "train_denoiser", "x0_timestep_weights", "PROBE_FIT_ROWS"]
+
+#: Training rows (distinct, seeded) on which the layout probe is fitted at the start of each phase.
+PROBE_FIT_ROWS = 512
 
 
 def x0_timestep_weights(alphas_cumprod: torch.Tensor, max_weight: float | None) -> torch.Tensor:
@@ -90,6 +98,47 @@ class DenoisingObjective(nn.Module):
             logs["layout"] = layout.detach()
         return loss, logs
 
+    @torch.no_grad()
+    def fit_layout_probe(self, maps: torch.Tensor, latents: torch.Tensor, batch_size: int = 64,
+                         ridge: float = 1e-3) -> float:
+        """Set the probe ``P`` to the ridge least-squares read-out of ``z_0`` from ``F_0 = E_ft(S^r)``.
+
+        Parameters
+        ----------
+        maps : Tensor ``(N, 1, H, W)``
+            Flatmaps of training rows.
+        latents : Tensor ``(N, c, h, w)``
+            Their clean latents ``z_0``.
+        batch_size : int
+            Rows per forward pass of the encoder and ``E_ft``.
+        ridge : float
+            Added to the diagonal of the normal equations, relative to their mean diagonal.
+
+        Returns
+        -------
+        float
+            ``MSE(P(F_0), z_0)`` on these rows after the fit: where ``L_layout`` starts.
+        """
+        if self.layout_weight <= 0:
+            raise ValueError("fit_layout_probe needs layout_weight > 0 (there is no probe).")
+        device = self.layout_probe.weight.device
+        feats = []
+        for i in range(0, len(maps), batch_size):
+            tokens = self.model.encode(maps[i:i + batch_size].to(device))
+            feats.append(self.model.llmn.feature_map(tokens).float())
+        f = torch.cat(feats)                                                  # (N, C, h, w)
+        z = latents.to(device).float()
+        x = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double()             # one row per pixel
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
+        y = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).double()
+        gram = x.T @ x
+        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+        w = torch.linalg.solve(gram, x.T @ y)                                  # (C + 1, c)
+        probe = self.layout_probe
+        probe.weight.copy_(w[:-1].T.reshape(probe.weight.shape).to(probe.weight.dtype))
+        probe.bias.copy_(w[-1].to(probe.bias.dtype))
+        return float(F.mse_loss(probe(f.to(probe.weight.dtype)).float(), z))
+
 
 def train_denoiser(run, cfg, model, train, test, backbone, tag: int):
     """Stages ii/iii: the main phase, then the CFG phase, then held-out figures.
@@ -121,6 +170,10 @@ def train_denoiser(run, cfg, model, train, test, backbone, tag: int):
     for phase, steps, lr, drop in (("main", cfg.steps, cfg.lr, 0.0), ("cfg", cfg.cfg_steps, cfg.cfg_lr, cfg.cfg_drop)):
         objective = DenoisingObjective(model, unet, sched, train.empty_text, cfg.semantic_weight, drop,
                                        layout_weight=cfg.layout_weight, x0_weight_max=cfg.x0_weight_max)
+        if objective.layout_weight > 0:   # the probe continues from the current F_0 (module docstring)
+            pick = np.random.default_rng([cfg.seed, tag, len(results)]).permutation(len(train))
+            rows = train.batch(pick[:PROBE_FIT_ROWS])
+            objective.fit_layout_probe(rows["maps"], rows["latents"])
 
         def batches(step, _tag=tag * 10 + len(results)):
             return train.batch(sd.sample_indices(len(train), cfg.batch_size, cfg.seed, _tag, step, run.rank))
