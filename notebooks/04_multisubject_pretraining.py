@@ -87,7 +87,7 @@ fig_loss
 # NeuroPictor's prediction uses only the scan. One more bar feeds the LLMN *another* scan's tokens
 # (each scan keeps its own semantic condition): if that bar equals NeuroPictor's, the low-level
 # pathway has learned a correction that ignores the scan. The toy recipe before its layout probe and
-# x0 weighting did exactly that (the bars differed by 0.01 %); the shipped run's differ by 1.3 %
+# x0 weighting did exactly that (the bars differed by 0.01 %); the shipped stage ii's differ by 2.5 %
 # (`data_cards/neuropictor_toy.md`).
 
 # %%

@@ -9,7 +9,8 @@ def test_shipped_llmn_reads_the_scan():
     """Held-out denoising error rises when the LLMN is given another scan's tokens.
 
     The recipe before the layout probe and x0 weighting shipped an LLMN whose residuals ignored the
-    scan: its ``noise_mse_shuffled_scan`` equalled ``noise_mse`` to 0.01 % and this test failed.
+    scan: its ``noise_mse_shuffled_scan`` equalled ``noise_mse`` to 0.01 % and this test failed; the
+    first recipe with them, whose probe restarted from random weights in each phase, read +1.2 % here.
     """
     from diffusers import DDPMScheduler
 
@@ -26,5 +27,5 @@ def test_shipped_llmn_reads_the_scan():
                             backbone, progress=False)
     sched = DDPMScheduler.from_config(backbone.scheduler.config)
     m = score_denoiser(pipe.neuropictor, backbone.unet, sched, test, test.text_table.float().mean(0), n=50, draws=2)
-    assert m["noise_mse_shuffled_scan"] > 1.005 * m["noise_mse"]
+    assert m["noise_mse_shuffled_scan"] > 1.025 * m["noise_mse"]   # shipped: +5.0 % (first fix: +1.2 %)
     assert m["semantic_cos"] > m["semantic_cos_baseline"] + 0.1        # and the semantic pathway reads it too
