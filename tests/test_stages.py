@@ -217,17 +217,23 @@ def test_x0_timestep_weights():
         MultisubjectConfig.smoke(layout_weight=-1.0)
 
 
-def test_layout_probe_learns_and_stays_out_of_the_model(chain, world, backbone, tmp_path):
+def _objective_parts(chain, world, backbone):
+    """A fresh stage-ii model, subj01's cached training rows and the DDPM scheduler."""
     from diffusers import DDPMScheduler
 
     from brainrecon.training.stage_data import cache_stage_data, make_stage_dataset
-    from brainrecon.training.stage_denoise import DenoisingObjective
 
     _, pre = chain
     model = NeuroPictorModel.from_pretrained(pre / "model")
     data = cache_stage_data(make_stage_dataset(world, ["subj01"], "train", 32, "visual"), backbone, progress=False)
+    return model, data, DDPMScheduler.from_config(backbone.scheduler.config)
+
+
+def test_layout_probe_learns_and_stays_out_of_the_model(chain, world, backbone, tmp_path):
+    from brainrecon.training.stage_denoise import DenoisingObjective
+
+    model, data, sched = _objective_parts(chain, world, backbone)
     b = data.batch(torch.arange(16))
-    sched = DDPMScheduler.from_config(backbone.scheduler.config)
     plain = DenoisingObjective(model, backbone.unet, sched, data.empty_text, 0.1, 0.0)
     assert not hasattr(plain, "layout_probe") and "layout" not in plain(b["maps"], b["latents"], b["text"])[1]
     obj = DenoisingObjective(model, backbone.unet, sched, data.empty_text, 0.1, 0.0, layout_weight=1.0,
@@ -245,18 +251,13 @@ def test_layout_probe_learns_and_stays_out_of_the_model(chain, world, backbone, 
     model.save_pretrained(tmp_path / "m")
     assert not any("layout_probe" in k for k in NeuroPictorModel.from_pretrained(tmp_path / "m").state_dict())
 
+
 def test_layout_probe_warm_start_is_the_least_squares_read_out(chain, world, backbone):
     """fit_layout_probe sets P to the optimum: no gradient left, below a random probe, refused without P."""
-    from diffusers import DDPMScheduler
-
-    from brainrecon.training.stage_data import cache_stage_data, make_stage_dataset
     from brainrecon.training.stage_denoise import DenoisingObjective
 
-    _, pre = chain
-    model = NeuroPictorModel.from_pretrained(pre / "model")
-    data = cache_stage_data(make_stage_dataset(world, ["subj01"], "train", 32, "visual"), backbone, progress=False)
+    model, data, sched = _objective_parts(chain, world, backbone)
     b = data.batch(torch.arange(32))
-    sched = DDPMScheduler.from_config(backbone.scheduler.config)
     plain = DenoisingObjective(model, backbone.unet, sched, data.empty_text, 0.1, 0.0)
     with pytest.raises(ValueError, match="layout_weight"):
         plain.fit_layout_probe(b["maps"], b["latents"])
