@@ -121,23 +121,28 @@ class DenoisingObjective(nn.Module):
         """
         if self.layout_weight <= 0:
             raise ValueError("fit_layout_probe needs layout_weight > 0 (there is no probe).")
-        device = self.layout_probe.weight.device
-        feats = []
-        for i in range(0, len(maps), batch_size):
-            tokens = self.model.encode(maps[i:i + batch_size].to(device))
-            feats.append(self.model.llmn.feature_map(tokens).float())
-        f = torch.cat(feats)                                                  # (N, C, h, w)
-        z = latents.to(device).float()
-        x = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double()             # one row per pixel
-        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
-        y = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).double()
-        gram = x.T @ x
-        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
-        w = torch.linalg.solve(gram, x.T @ y)                                  # (C + 1, c)
         probe = self.layout_probe
+        device = probe.weight.device
+        k = probe.in_channels + 1                                              # features + bias
+        gram = torch.zeros(k, k, dtype=torch.float64, device=device)           # Σ x xᵀ over pixels
+        cross = torch.zeros(k, probe.out_channels, dtype=torch.float64, device=device)   # Σ x yᵀ
+        y_sq, count = 0.0, 0
+        for i in range(0, len(maps), batch_size):    # streamed: SD-size F_0 never sits in memory whole
+            f = self.model.llmn.feature_map(self.model.encode(maps[i:i + batch_size].to(device)))
+            x = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double()         # one row per pixel
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=device)], 1)
+            y = latents[i:i + batch_size].to(device).permute(0, 2, 3, 1).reshape(len(x), -1).double()
+            gram += x.T @ x
+            cross += x.T @ y
+            y_sq += float(y.pow(2).sum())
+            count += y.numel()
+        reg = ridge * gram.diagonal().mean() * torch.eye(k, dtype=gram.dtype, device=device)
+        w = torch.linalg.solve(gram + reg, cross)                              # (C + 1, c)
         probe.weight.copy_(w[:-1].T.reshape(probe.weight.shape).to(probe.weight.dtype))
         probe.bias.copy_(w[-1].to(probe.bias.dtype))
-        return float(F.mse_loss(probe(f.to(probe.weight.dtype)).float(), z))
+        # Σ (xᵀw − y)² = Σ y² − 2 tr(wᵀ Σ x yᵀ) + tr(wᵀ Σ x xᵀ w)
+        sse = y_sq - 2 * float((w * cross).sum()) + float((w * (gram @ w)).sum())
+        return max(sse, 0.0) / count
 
 
 def train_denoiser(run, cfg, model, train, test, backbone, tag: int):
@@ -171,6 +176,7 @@ def train_denoiser(run, cfg, model, train, test, backbone, tag: int):
         objective = DenoisingObjective(model, unet, sched, train.empty_text, cfg.semantic_weight, drop,
                                        layout_weight=cfg.layout_weight, x0_weight_max=cfg.x0_weight_max)
         if objective.layout_weight > 0:   # the probe continues from the current F_0 (module docstring)
+            objective.to(run.device)
             pick = np.random.default_rng([cfg.seed, tag, len(results)]).permutation(len(train))
             rows = train.batch(pick[:PROBE_FIT_ROWS])
             objective.fit_layout_probe(rows["maps"], rows["latents"])
