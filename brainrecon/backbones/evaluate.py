@@ -80,21 +80,23 @@ def clip_hard_negatives(backbone, images: torch.Tensor, captions, seed: int = 0)
 
 
 @torch.no_grad()
-def attribute_accuracy(classifier, images: torch.Tensor, category, colour, bbox=None) -> dict:
-    """Accuracy of the attribute classifier (category, colour, both) and mean box IoU.
+def attribute_accuracy(classifier, images: torch.Tensor, category, colour, bbox=None, image_size=None) -> dict:
+    """Accuracy of the attribute classifier (category, colour, both), mean box IoU and position error.
 
-    The scores are :func:`brainrecon.metrics.attribute_scores_per_image`'s, named as the
-    backbone card reports them.
+    ``bbox`` (pixels of images of side ``image_size``, default the images' own) adds ``bbox_iou``
+    and ``position_error``. The scores are :func:`brainrecon.metrics.attribute_scores_per_image`'s,
+    named as the backbone card reports them.
     """
     from ..metrics.attributes import attribute_scores_per_image
 
     n = len(images)
     s = attribute_scores_per_image(images, category, colour, np.zeros((n, 4)) if bbox is None else bbox,
-                                   classifier)
+                                   classifier, image_size)
     res = {"category": float(s["category_ok"].mean()), "colour": float(s["colour_ok"].mean()),
            "both": float(s["both_ok"].mean()), "n": int(n)}
     if bbox is not None:
         res["bbox_iou"] = float(s["box_iou"].mean())
+        res["position_error"] = float(s["position_error"].mean())
     return res
 
 
@@ -106,24 +108,21 @@ def text_to_image_match(backbone, captions, category, colour, guidance_scale: fl
 
     Returns a dict with ``category``, ``colour`` and ``both`` (the acceptance figure). With the
     captioned scenes' main-object boxes ``bbox`` (pixels of images of side ``image_size``, default
-    the backbone's) it also scores the place word: ``position_error`` (distance of the generated
-    main object's centre from the captioned one, in image sides) and ``position_error_shuffled``
-    (the same against the box of caption ``i + n/2``: what ignoring the place word scores).
+    the backbone's) it also scores the place word: ``position_error`` (distance of the generated main
+    object's centre from the captioned one, in image sides), ``position_error_shuffled`` (the same
+    against the box of caption ``i + n/2``: what ignoring the place word scores) and ``bbox_iou``.
     """
     if backbone.attribute_classifier is None:
         raise ValueError("this backbone has no attribute_classifier/ (toy world only).")
     g = torch.Generator().manual_seed(int(seed))
     imgs = backbone.generate(list(captions), guidance_scale=guidance_scale,
                              num_inference_steps=num_inference_steps, generator=g)
-    res = attribute_accuracy(backbone.attribute_classifier, imgs, category, colour)
+    side = backbone.image_size if image_size is None else int(image_size)
+    res = attribute_accuracy(backbone.attribute_classifier, imgs, category, colour, bbox, side)
     if bbox is not None:
-        from ..metrics.attributes import attribute_scores_per_image
-
-        bbox = np.asarray(bbox, np.float64)
-        side = backbone.image_size if image_size is None else int(image_size)
-        for key, boxes in (("position_error", bbox), ("position_error_shuffled", np.roll(bbox, len(bbox) // 2, 0))):
-            s = attribute_scores_per_image(imgs, category, colour, boxes, backbone.attribute_classifier, side)
-            res[key] = float(s["position_error"].mean())
+        shuffled = np.roll(np.asarray(bbox, np.float64), len(bbox) // 2, 0)
+        res["position_error_shuffled"] = attribute_accuracy(backbone.attribute_classifier, imgs, category,
+                                                            colour, shuffled, side)["position_error"]
     res["guidance_scale"] = float(backbone.guidance_scale if guidance_scale is None else guidance_scale)
     return (res, imgs) if return_images else res
 
