@@ -164,14 +164,16 @@ def test_hub_id_offline_says_brainrecon_never_downloads(monkeypatch):
 # ----------------------------------------------------------------------------- quick preset
 def test_quick_preset_trains_end_to_end_and_resumes(tmp_path):
     out = train_toy_backbones(ToyBackboneConfig.quick(), tmp_path / "quick")
-    for part in ("tokenizer", "text_encoder", "image_encoder", "vae", "unet", "scheduler", "attribute_classifier"):
+    for part in ("tokenizer", "text_encoder", "image_encoder", "vae", "unet", "scheduler", "attribute_classifier",
+                 "attribute_classifier_b"):
         assert (out / part).is_dir(), part
     rec = json.loads((out / "training_record.json").read_text())
     for part, r in rec["parts"].items():
         assert r["loss_final"] < r["loss_first"], part
         assert r["steps"] == getattr(ToyBackboneConfig.quick(), {"clip": "clip_steps", "vae": "vae_steps",
                                      "vae_decoder": "vae_decoder_steps", "unet": "unet_steps",
-                                     "attribute_classifier": "attr_steps"}[part])
+                                     "attribute_classifier": "attr_steps",
+                                     "attribute_classifier_b": "judge_b_steps"}[part])
     assert {"vae_psnr_db", "clip_caption_to_image_top1", "t2i_match_default"} <= set(rec["metrics"])
     bb = load_backbone(out)
     assert bb.image_size == 16 and bb.text_embed_dim == 16 and bb.guidance_scale == 5.0

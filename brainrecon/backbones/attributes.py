@@ -14,6 +14,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from ..errors import check_choice
+
 __all__ = ["AttributeClassifier", "attribute_loss", "box_iou"]
 
 
@@ -27,7 +29,10 @@ class AttributeClassifier(ModelMixin, ConfigMixin):
     n_categories, n_colours : int
         Sizes of the two classification heads.
     channels : tuple of int
-        Output channels of the conv stages (the first at full resolution, then stride 2).
+        Output channels of the conv stages (the first at full resolution, then halved).
+    downsample : {"stride", "maxpool"}
+        How each later stage halves the resolution: a stride-2 convolution, or a 2×2 max-pool
+        before a stride-1 one (the second, independently trained judge uses this).
 
     Notes
     -----
@@ -38,12 +43,15 @@ class AttributeClassifier(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, image_size: int = 64, n_categories: int = 10, n_colours: int = 8,
-                 channels: tuple = (16, 32, 64, 128)):
+                 channels: tuple = (16, 32, 64, 128), downsample: str = "stride"):
         super().__init__()
+        check_choice("downsample", downsample, ("stride", "maxpool"))
         layers, c_in = [], 3
         for i, c in enumerate(channels):            # full resolution first, then halve per stage
-            layers += [nn.Conv2d(c_in, c, 3, stride=1 if i == 0 else 2, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
-                       nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU()]
+            pool = i > 0 and downsample == "maxpool"
+            layers += ([nn.MaxPool2d(2)] if pool else []) + [
+                nn.Conv2d(c_in, c, 3, stride=1 if i == 0 or pool else 2, padding=1), nn.GroupNorm(8, c), nn.SiLU(),
+                nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU()]
             c_in = c
         self.features = nn.Sequential(*layers)
         side = max(1, image_size // 2 ** (len(channels) - 1))

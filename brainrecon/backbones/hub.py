@@ -33,7 +33,7 @@ TOY_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "toy"
 #: Sub-folders a Stable Diffusion folder must have, with the file that marks each complete.
 REQUIRED_PARTS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
                   "tokenizer": None, "scheduler": "scheduler_config.json"}
-OPTIONAL_PARTS = ("image_encoder", "attribute_classifier")
+OPTIONAL_PARTS = ("image_encoder", "attribute_classifier", "attribute_classifier_b")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -52,6 +52,9 @@ class Backbone:
     scheduler : diffusers scheduler used for sampling
     image_encoder : transformers.CLIPVisionModel(WithProjection) or None
     attribute_classifier : AttributeClassifier or None (toy world only)
+    attribute_classifier_b : AttributeClassifier or None
+        The second, independently trained judge (toy world only; its own scenes, seed and
+        architecture), so that generator figures can be checked by two judges.
     path : Path or None
         Folder the parts were loaded from.
     metadata : dict
@@ -65,6 +68,7 @@ class Backbone:
     scheduler: object
     image_encoder: torch.nn.Module | None = None
     attribute_classifier: torch.nn.Module | None = None
+    attribute_classifier_b: torch.nn.Module | None = None
     path: Path | None = None
     metadata: dict = field(default_factory=dict)
 
@@ -107,7 +111,8 @@ class Backbone:
     def modules(self) -> dict:
         """The torch modules by name (absent optional parts left out)."""
         m = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder,
-             "image_encoder": self.image_encoder, "attribute_classifier": self.attribute_classifier}
+             "image_encoder": self.image_encoder, "attribute_classifier": self.attribute_classifier,
+             "attribute_classifier_b": self.attribute_classifier_b}
         return {k: v for k, v in m.items() if v is not None}
 
     def to(self, device=None, dtype=None) -> "Backbone":
@@ -386,14 +391,15 @@ def load_backbone(name_or_path="toy", device=None, dtype: torch.dtype | None = N
                                          ("CLIPVisionModel", "CLIPVisionModelWithProjection"),
                                          "CLIPVisionModelWithProjection")
             image_encoder = ie_cls.from_pretrained(path / "image_encoder")
-        attr = None
-        if (path / "attribute_classifier" / "config.json").is_file():
-            from .attributes import AttributeClassifier
+        judges = {}
+        for name in ("attribute_classifier", "attribute_classifier_b"):
+            if (path / name / "config.json").is_file():
+                from .attributes import AttributeClassifier
 
-            attr = AttributeClassifier.from_pretrained(path / "attribute_classifier")
+                judges[name] = AttributeClassifier.from_pretrained(path / name)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"could not load the backbone in {path}: {e}") from e
     meta = json.loads((path / "backbone.json").read_text()) if (path / "backbone.json").is_file() else {}
     bb = Backbone(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                  image_encoder=image_encoder, attribute_classifier=attr, path=path, metadata=meta)
+                  image_encoder=image_encoder, path=path, metadata=meta, **judges)
     return bb.to(device=device or "cpu", dtype=dtype).eval()

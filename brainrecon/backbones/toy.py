@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..errors import InvalidInputError, check_choice
+
 __all__ = [
     "SPECIAL_TOKENS",
     "MODEL_MAX_LENGTH",
@@ -76,14 +78,30 @@ class ToyBackboneConfig:
     vae_latent_channels : int
     vae_steps, vae_batch_size, vae_lr, vae_kl_weight
         VAE training (L1+L2 reconstruction + ``vae_kl_weight`` × KL).
+    vae_sample_posterior : bool
+        Decode a sample of the posterior while training (a VAE proper, as Stable Diffusion's
+        was trained), so that the encoder's variance is learned and every latent near a
+        training latent decodes to the same scene. ``False`` decodes the posterior mean (a
+        deterministic auto-encoder: sharper, but its decoder has never seen an inexact latent).
     vae_decoder_steps, vae_decoder_batch_size, vae_decoder_lr
         Then the decoder alone is fine-tuned on the frozen encoder's posterior means (as
         Stable Diffusion's ``ft-MSE`` VAE was): sharper images, the same latent space. ``0``
         skips it.
+    vae_decoder_noise : float
+        During that fine-tuning, Gaussian noise of standard deviation ``u · vae_decoder_noise``
+        × the latents' std (``u`` uniform in [0, 1] per image) is added to the posterior means,
+        so that latents near a training latent decode to the same scene (a generated latent is
+        never exact). ``0``: exact means only.
     unet_channels : tuple of int
         ``block_out_channels`` of the U-Net (the last level has no attention).
     unet_steps, unet_batch_size, unet_lr
-        Latent-diffusion training (epsilon prediction).
+        Latent-diffusion training.
+    unet_norm_groups : int or None
+        GroupNorm groups of the U-Net (``None``: the most of 32, 16, ... that divides every width).
+    prediction_type : {"epsilon", "v_prediction"}
+        What the U-Net is trained to predict (recorded in ``scheduler/``).
+    zero_terminal_snr : bool
+        Train and sample on betas rescaled to zero terminal SNR (needs ``v_prediction``).
     cfg_dropout : float
         Probability of replacing the caption by the empty caption (classifier-free guidance).
     attr_steps, attr_batch_size, attr_lr, attr_channels
@@ -92,6 +110,9 @@ class ToyBackboneConfig:
         Share of each classifier batch shown as the trained VAE's reconstruction (the rest:
         half 3×3-blurred, half as rendered), so that decoded and generated images are judged
         as well as real ones. The classifier is therefore trained after the VAE.
+    judge_b_channels, judge_b_steps, judge_b_seed
+        The second, independent judge (``attribute_classifier_b/``): conv stages (max-pool
+        downsampling), steps, and the seed of both its own training scenes and its training.
     guidance_scale : float
         Default classifier-free guidance scale (recorded in ``backbone.json``).
     num_inference_steps : int
@@ -125,19 +146,27 @@ class ToyBackboneConfig:
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
+    vae_sample_posterior: bool = False
     vae_decoder_steps: int = 6000
     vae_decoder_batch_size: int = 32
     vae_decoder_lr: float = 5e-4
+    vae_decoder_noise: float = 0.0
     unet_channels: tuple = (32, 64, 64)
     unet_steps: int = 5000
     unet_batch_size: int = 64
     unet_lr: float = 1e-3
+    unet_norm_groups: int | None = None
+    prediction_type: str = "epsilon"
+    zero_terminal_snr: bool = False
     cfg_dropout: float = 0.1
     attr_steps: int = 8000
     attr_batch_size: int = 64
     attr_channels: tuple = (16, 32, 64, 128)
     attr_lr: float = 2e-3
     attr_vae_fraction: float = 1 / 3
+    judge_b_channels: tuple = (24, 48, 96)
+    judge_b_steps: int = 6000
+    judge_b_seed: int = 1
     guidance_scale: float = 5.0
     num_inference_steps: int = 25
     checkpoint_every: int = 100
@@ -157,7 +186,8 @@ class ToyBackboneConfig:
                    vae_channels=(8, 8, 8), vae_steps=20, vae_batch_size=8, vae_decoder_steps=10,
                    vae_decoder_batch_size=8,
                    unet_channels=(8, 16), unet_steps=20, unet_batch_size=16,
-                   attr_steps=20, attr_batch_size=8, attr_channels=(8, 8), num_inference_steps=2,
+                   attr_steps=20, attr_batch_size=8, attr_channels=(8, 8), judge_b_channels=(8, 8),
+                   judge_b_steps=10, num_inference_steps=2,
                    checkpoint_every=10, threads=1, progress=False)
 
     def replace(self, **changes) -> "ToyBackboneConfig":
@@ -247,14 +277,17 @@ def make_toy_vae(image_size: int = 64, channels=(32, 64, 64), latent_channels: i
 
 
 def make_toy_unet(sample_size: int = 16, in_channels: int = 4, channels=(64, 96, 128),
-                  cross_attention_dim: int = 128):
-    """Tiny text-conditioned ``UNet2DConditionModel``: cross-attention on every level but the last."""
+                  cross_attention_dim: int = 128, norm_groups: int | None = None):
+    """Tiny text-conditioned ``UNet2DConditionModel``: cross-attention on every level but the last.
+
+    ``norm_groups`` sets the GroupNorm groups (default: the most of 32, 16, ... dividing every width).
+    """
     from diffusers import UNet2DConditionModel
 
     n = len(channels)
     down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
-    g = _groups(channels)
+    g = int(norm_groups) if norm_groups else _groups(channels)
     return UNet2DConditionModel(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
                                 layers_per_block=1, block_out_channels=tuple(channels),
                                 down_block_types=down, up_block_types=up,
@@ -263,13 +296,28 @@ def make_toy_unet(sample_size: int = 16, in_channels: int = 4, channels=(64, 96,
                                 norm_num_groups=g)
 
 
-def make_toy_scheduler():
-    """The DDIM sampler shipped with the toy backbones (SD's scaled-linear betas, epsilon)."""
+def make_toy_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = False):
+    """The DDIM sampler of the toy backbones: SD's scaled-linear betas.
+
+    Parameters
+    ----------
+    prediction_type : {"epsilon", "v_prediction"}
+        What the U-Net predicts (SD 2.1-base: epsilon; SD 2.1-768: v).
+    zero_terminal_snr : bool
+        Rescale the betas so that the last timestep is pure noise (Lin et al. 2024), with
+        "trailing" timestep spacing; needs ``v_prediction``.
+    """
     from diffusers import DDIMScheduler
 
+    check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise InvalidInputError("zero_terminal_snr=True needs prediction_type='v_prediction': at zero SNR the "
+                                "noise says nothing about the image.")
     return DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                         beta_end=0.012, clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                         prediction_type="epsilon")
+                         beta_end=0.012, clip_sample=False, set_alpha_to_one=bool(zero_terminal_snr),
+                         steps_offset=0 if zero_terminal_snr else 1,
+                         timestep_spacing="trailing" if zero_terminal_snr else "leading",
+                         rescale_betas_zero_snr=bool(zero_terminal_snr), prediction_type=prediction_type)
 
 
 def train_toy_backbones(config: ToyBackboneConfig | None = None, output_dir="brainrecon-out/toy_backbones",

@@ -34,7 +34,8 @@ from .toy import (ToyBackboneConfig, make_toy_image_encoder, make_toy_scheduler,
 
 __all__ = ["train_toy_backbones"]
 
-_PARTS = ("clip", "vae", "vae_decoder", "attribute_classifier", "unet")   # the judge learns on VAE outputs
+#: Training order; both judges learn on the VAE's outputs, so they come after it.
+_PARTS = ("clip", "vae", "vae_decoder", "attribute_classifier", "attribute_classifier_b", "unet")
 
 
 class _ClipPair(nn.Module):
@@ -136,17 +137,32 @@ def _train_clip(cfg, data, out: Path) -> dict:
     return s
 
 
-def _train_attributes(cfg, data, out: Path) -> dict:
+def _train_attributes(cfg, data, out: Path, judge: str = "a") -> dict:
+    """Train a judge: ``"a"`` (``attribute_classifier/``) or the independent ``"b"`` (``attribute_classifier_b/``).
+
+    Judge b differs from judge a in everything but the task: its own scenes
+    (``make_scenes(n_train, seed=cfg.judge_b_seed)``, none of a's), its own architecture
+    (``cfg.judge_b_channels``, max-pool downsampling), its own training seed, and its own
+    batches: half rendered, half the VAE's reconstructions (no blur). A generator figure that
+    both judges agree on does not rest on one network's quirks.
+    """
     from ..data.scenes import CATEGORIES, COLOURS
     from .attributes import AttributeClassifier, attribute_loss
 
+    if judge == "b":
+        data = _judge_b_data(cfg)
+        channels, steps, seed, f_vae, f_blur = cfg.judge_b_channels, cfg.judge_b_steps, cfg.judge_b_seed, 0.5, 0.0
+        name, downsample = "attribute_classifier_b", "maxpool"
+    else:
+        channels, steps, seed = cfg.attr_channels, cfg.attr_steps, cfg.seed
+        name, downsample = "attribute_classifier", "stride"
+        f_vae = float(cfg.attr_vae_fraction)
+        f_blur = (1 - f_vae) / 2
     model = AttributeClassifier(image_size=cfg.image_size, n_categories=len(CATEGORIES), n_colours=len(COLOURS),
-                                channels=tuple(cfg.attr_channels))
-    pick = _sampler(len(data["images"]), cfg.attr_batch_size, cfg.seed, 2)
+                                channels=tuple(channels), downsample=downsample)
+    pick = _sampler(len(data["images"]), cfg.attr_batch_size, seed, 2)
     images, cat, col, box = data["images"], data["category"], data["colour"], data["bbox_frac"]
-    decoded = _decode_all(out / "vae", images) if cfg.attr_vae_fraction > 0 else None
-    f_vae = float(cfg.attr_vae_fraction)
-    f_blur = (1 - f_vae) / 2
+    decoded = _decode_all(out / "vae", images) if f_vae > 0 else None
 
     def batches(step):
         i = pick(step)
@@ -155,9 +171,9 @@ def _train_attributes(cfg, data, out: Path) -> dict:
 
     def loss_fn(m, batch, step):
         x, x_vae, c, k, b = batch
-        # Every image the judge scores in use has been through the VAE's decoder (generated or
+        # Every image a judge scores in use has been through the VAE's decoder (generated or
         # reconstructed), so part of each batch is the VAE's reconstruction of the scene and
-        # part is mildly blurred (3×3 binomial); the labels are the scene's own.
+        # (judge a) part is mildly blurred (3×3 binomial); the labels are the scene's own.
         u = torch.rand(len(x), 1, 1, 1, device=x.device)
         k1 = torch.tensor([1.0, 2.0, 1.0], device=x.device)
         kern = (k1[:, None] * k1[None, :] / 16).expand(3, 1, 3, 3)
@@ -165,11 +181,22 @@ def _train_attributes(cfg, data, out: Path) -> dict:
         x = torch.where(u < f_vae, x_vae, torch.where(u < f_vae + f_blur, xb, x))
         return attribute_loss(m(x), c, k, b)
 
-    res = fit(model, loss_fn, batches, _fit_config(cfg, cfg.attr_steps, cfg.attr_lr, "attribute classifier", 50),
-              out / "checkpoints" / "attribute_classifier")
-    with atomic_dir(out / "attribute_classifier") as d:
+    fc = _fit_config(cfg, steps, cfg.attr_lr, name.replace("_", " "), 50)
+    res = fit(model, loss_fn, batches, FitConfig(**{**asdict(fc), "seed": int(seed)}), out / "checkpoints" / name)
+    with atomic_dir(out / name) as d:
         res.model.cpu().eval().save_pretrained(d)
     return _summary(res)
+
+
+def _judge_b_data(cfg) -> dict:
+    from ..data.scenes import make_scenes
+
+    if int(cfg.judge_b_seed) in (int(cfg.seed), int(cfg.heldout_seed)):
+        raise ValueError(f"judge_b_seed={cfg.judge_b_seed} must differ from seed and heldout_seed.")
+    sc = make_scenes(cfg.n_train, image_size=cfg.image_size, seed=cfg.judge_b_seed)
+    return {"images": torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous(),
+            "category": torch.from_numpy(sc.category), "colour": torch.from_numpy(sc.colour),
+            "bbox_frac": torch.from_numpy(sc.bbox).float() / cfg.image_size}
 
 
 def _train_vae(cfg, data, out: Path) -> dict:
@@ -183,11 +210,12 @@ def _train_vae(cfg, data, out: Path) -> dict:
     def loss_fn(m, x, step):
         x = x * 2 - 1
         post = m.encode(x).latent_dist
-        rec = m.decode(post.mode()).sample          # deterministic: sharper, much faster to train
+        z = post.sample() if cfg.vae_sample_posterior else post.mode()   # mode: sharper, faster to train
+        rec = m.decode(z).sample
         mse = F.mse_loss(rec, x)
         kl = post.kl().mean()
         loss = mse + 0.1 * F.l1_loss(rec, x) + cfg.vae_kl_weight * kl
-        return loss, {"mse": mse.detach(), "kl": kl.detach()}
+        return loss, {"mse": mse.detach(), "kl": kl.detach(), "posterior_std": post.std.mean().detach()}
 
     res = fit(vae, loss_fn, batches, _fit_config(cfg, cfg.vae_steps, cfg.vae_lr, "VAE", 100),
               out / "checkpoints" / "vae")
@@ -228,8 +256,12 @@ def _train_vae_decoder(cfg, data, out: Path) -> dict:
         i = pick(step)
         return mean[i], images[i].float() / 127.5 - 1
 
+    sigma = float(cfg.vae_decoder_noise) * float(mean.std())
+
     def loss_fn(m, batch, step):
         mu, x = batch
+        if sigma > 0:
+            mu = mu + sigma * torch.rand(len(mu), 1, 1, 1, device=mu.device) * torch.randn_like(mu)
         rec = m.decode(mu).sample
         mse = F.mse_loss(rec, x)
         return mse + 0.1 * F.l1_loss(rec, x), {"mse": mse.detach()}
@@ -271,8 +303,9 @@ def _train_unet(cfg, data, out: Path) -> dict:
     text = CLIPTextModelWithProjection.from_pretrained(out / "text_encoder").eval().requires_grad_(False)
     mean = _encode_all(vae, data["images"])
     sf = float(vae.config.scaling_factor)
-    unet = make_toy_unet(mean.shape[-1], mean.shape[1], tuple(cfg.unet_channels), text.config.hidden_size)
-    ddpm = DDPMScheduler.from_config(make_toy_scheduler().config)
+    unet = make_toy_unet(mean.shape[-1], mean.shape[1], tuple(cfg.unet_channels), text.config.hidden_size,
+                         cfg.unet_norm_groups)
+    ddpm = DDPMScheduler.from_config(make_toy_scheduler(cfg.prediction_type, cfg.zero_terminal_snr).config)
     ids, empty = data["ids"], data["empty_ids"]
     pick = _sampler(len(mean), cfg.unet_batch_size, cfg.seed, 4)
 
@@ -291,7 +324,8 @@ def _train_unet(cfg, data, out: Path) -> dict:
         noise = torch.randn_like(z)
         t = torch.randint(0, ddpm.config.num_train_timesteps, (len(z),), device=z.device)
         pred = m(ddpm.add_noise(z, noise, t), t, encoder_hidden_states=ehs).sample
-        return F.mse_loss(pred.float(), noise)
+        target = noise if cfg.prediction_type == "epsilon" else ddpm.get_velocity(z, noise, t)
+        return F.mse_loss(pred.float(), target)
 
     res = fit(unet, loss_fn, batches, _fit_config(cfg, cfg.unet_steps, cfg.unet_lr, "U-Net", 100),
               out / "checkpoints" / "unet")
@@ -371,12 +405,13 @@ def train_toy_backbones(config: ToyBackboneConfig | None = None, output_dir="bra
                 tok.save_pretrained(d)
         if not (out / "scheduler" / "scheduler_config.json").is_file():
             with atomic_dir(out / "scheduler") as d:
-                make_toy_scheduler().save_pretrained(d)
+                make_toy_scheduler(cfg.prediction_type, cfg.zero_terminal_snr).save_pretrained(d)
         _write_metadata(cfg, out)
         records = {}
         todo = [p for p in _PARTS if not (out / "records" / f"{p}.json").is_file()]
         data = _load_data(cfg, tok) if todo else None
         train = {"clip": _train_clip, "attribute_classifier": _train_attributes, "vae": _train_vae,
+                 "attribute_classifier_b": lambda c, d, o: _train_attributes(c, d, o, judge="b"),
                  "vae_decoder": _train_vae_decoder, "unet": _train_unet}
         for part in _PARTS:
             rec_path = out / "records" / f"{part}.json"
@@ -417,8 +452,9 @@ def copy_for_shipping(run_dir, dest) -> Path:
     run_dir, dest = Path(run_dir), Path(dest)
     with atomic_dir(dest) as d:
         for name in ("tokenizer", "text_encoder", "image_encoder", "vae", "unet", "scheduler",
-                     "attribute_classifier"):
-            shutil.copytree(run_dir / name, d / name)
+                     "attribute_classifier", "attribute_classifier_b"):
+            if (run_dir / name).is_dir():
+                shutil.copytree(run_dir / name, d / name)
         for f in ("model_index.json", "backbone.json", "metrics.json", "training_record.json"):
             if (run_dir / f).is_file():
                 shutil.copy2(run_dir / f, d / f)

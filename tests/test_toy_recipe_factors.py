@@ -1,0 +1,103 @@
+"""Recipe factors of the generator diagnosis (issue 11): v prediction, zero terminal SNR, the second
+judge, noised-latent decoder training, and the diagnostic ladder's quick mode."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from brainrecon.backbones import AttributeClassifier, ToyBackboneConfig, load_backbone, train_toy_backbones
+from brainrecon.backbones.toy import make_toy_scheduler, make_toy_unet, make_toy_vae
+from brainrecon.data.scenes import make_scenes
+from brainrecon.errors import InvalidInputError
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_toy_scheduler_prediction_types_and_zero_snr():
+    eps = make_toy_scheduler()
+    assert eps.config.prediction_type == "epsilon" and float(eps.alphas_cumprod[-1]) > 1e-3
+    v = make_toy_scheduler("v_prediction", zero_terminal_snr=True)
+    assert v.config.prediction_type == "v_prediction" and float(v.alphas_cumprod[-1]) == 0.0
+    v.set_timesteps(25)
+    assert int(v.timesteps[0]) == 999            # trailing spacing starts from pure noise
+    with pytest.raises(InvalidInputError, match="v_prediction"):
+        make_toy_scheduler("epsilon", zero_terminal_snr=True)
+    with pytest.raises(InvalidInputError, match="prediction_type"):
+        make_toy_scheduler("sample")
+
+
+def test_unet_norm_groups_is_configurable():
+    u = make_toy_unet(8, 4, (32, 64), 16, norm_groups=8)
+    assert u.config.norm_num_groups == 8 and u.conv_norm_out.num_groups == 8
+    assert make_toy_unet(8, 4, (32, 64), 16).config.norm_num_groups == 32
+
+
+def test_second_judge_architecture_differs_and_is_refused_when_unknown():
+    a = AttributeClassifier(image_size=16, channels=(8, 8, 8))
+    b = AttributeClassifier(image_size=16, channels=(8, 8, 8), downsample="maxpool")
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in a.modules())
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in b.modules()) == 2
+    x = torch.rand(3, 3, 16, 16)
+    assert b(x)["category_logits"].shape == (3, 10)
+    with pytest.raises(InvalidInputError, match="downsample"):
+        AttributeClassifier(downsample="avg")
+
+
+def test_quick_recipe_with_v_prediction_trains_and_ships_both_judges(tmp_path):
+    cfg = ToyBackboneConfig.quick().replace(prediction_type="v_prediction", zero_terminal_snr=True,
+                                            vae_sample_posterior=True, vae_decoder_noise=0.5)
+    out = train_toy_backbones(cfg, tmp_path / "v")
+    sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction" and sched["rescale_betas_zero_snr"] is True
+    rec = json.loads((out / "training_record.json").read_text())
+    assert rec["parts"]["unet"]["loss_final"] < rec["parts"]["unet"]["loss_first"]
+    assert rec["parts"]["vae"]["loss_final"] < rec["parts"]["vae"]["loss_first"]
+    bb = load_backbone(out)
+    assert bb.attribute_classifier_b is not None and bb.attribute_classifier_b.config.downsample == "maxpool"
+    assert bb.attribute_classifier.config.downsample == "stride"
+    imgs = bb.generate(["a large red star in the centre on a plain grey background"], num_inference_steps=2)
+    assert imgs.shape == (1, 3, 16, 16) and torch.isfinite(imgs).all()
+
+
+def test_judge_b_seed_must_differ_from_the_other_seeds(tmp_path):
+    from brainrecon.backbones.toy_train import _judge_b_data
+
+    with pytest.raises(ValueError, match="judge_b_seed"):
+        _judge_b_data(ToyBackboneConfig.quick().replace(judge_b_seed=0))
+
+
+def test_noised_decoder_training_keeps_the_encoder(tmp_path):
+    from brainrecon.backbones.toy_train import _train_vae_decoder
+
+    torch.manual_seed(0)
+    vae = make_toy_vae(16, (8, 8, 8), 4)
+    vae.register_to_config(scaling_factor=1.3)
+    vae.save_pretrained(tmp_path / "vae")
+    images = torch.from_numpy(make_scenes(64, image_size=16, seed=1).images).permute(0, 3, 1, 2).contiguous()
+    cfg = ToyBackboneConfig.quick().replace(vae_decoder_steps=20, vae_decoder_lr=3e-3, vae_decoder_noise=0.5)
+    rec = _train_vae_decoder(cfg, {"images": images}, tmp_path)
+    from diffusers import AutoencoderKL
+
+    new = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    assert rec["steps"] == 20
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, new.state_dict()[k]) == (not k.startswith(("decoder.", "post_quant_conv."))), k
+
+
+def test_ladder_quick_mode_writes_every_column(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_unet_ladder.py"), "--quick", "--rungs",
+                          "base", "v_pred", "--work", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "quick.json").read_text())["rungs"]
+    assert set(res) == {"base", "v_pred"} and res["v_pred"]["factors"]["prediction"] == "v_prediction"
+    row = res["v_pred"]["curve"][-1]
+    assert {"category", "colour", "both", "position_error", "position_error_shuffled"} <= set(row["gs5"]["shipped"])
+    assert {"t961", "t200", "mean_baseline"} <= set(row["x0_mse_by_t"]) and "gs0" in row
+    assert 0 <= res["base"]["judge_ceiling_round_trip"]["shipped"]["category"] <= 1
+    table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_unet_ladder.py"), "--table",
+                            str(tmp_path / "quick.json")], capture_output=True, text=True, timeout=120).stdout
+    assert "| v_pred |" in table and "| base |" in table
