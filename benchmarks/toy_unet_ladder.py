@@ -1,0 +1,583 @@
+"""Diagnostic ladder: why does the toy U-Net draw colour but not shape? One factor per rung.
+
+Usage::
+
+    python benchmarks/toy_unet_ladder.py --rungs base label_global ... [--quick] [--out FILE]
+    python benchmarks/toy_unet_ladder.py --list          # every rung and the factor it changes
+
+Every rung trains a fresh denoiser on the default toy world (``make_scenes(n_train, 32, seed=0)``)
+and is judged the same way: ``--n-eval`` held-out captions (``make_scenes(n, 32, seed=10_000)``),
+DDIM 25 steps, classifier-free guidance 5 (and 0 at the last checkpoint), one sample per
+caption with sampling seed 0, scored by the shipped attribute classifier (and by any further
+judge folder given with ``--judge``) for the main object's category, colour, both, and the
+place word (distance of the generated main object's centre from the captioned one, in image
+sides; against another caption's box as its chance level). Figures at each ``--eval-at``
+step, with the wall time to reach it; a sample grid per rung goes next to the JSON.
+
+A rung is a dict of factors changed from :data:`BASE` (the shipped recipe), so each row of the
+table differs from the base row, or from the rung it names as ``parent``, in one factor. The
+VAE rungs train their own VAE (cached under ``--work`` by its settings) with the package's own
+:func:`brainrecon.backbones.toy_train._train_vae` and :func:`._train_vae_decoder`; every
+denoiser trains with :func:`brainrecon.training.fit` at constant learning rate after warm-up, so
+a rung's 1k-step figure is the same run's state at step 1,000.
+
+Results are written as JSON (``--out``, default ``benchmarks/results/toy_unet_ladder.json``),
+merged rung by rung so that rungs can be run in separate processes.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: The shipped recipe, as the ladder trains it (constant lr after 100 warm-up steps).
+BASE = dict(space="latent", vae="shipped", cond="caption", label_path="context", schedule="scaled_linear",
+            prediction="epsilon", channels=(32, 64, 64), attn_levels=(0, 1), layers_per_block=1, lr=1e-3,
+            batch=64, min_snr=None, ema=None, pooled_text=False,
+            decoder_noise=0.0, norm_groups=None, whiten=False)
+
+#: name -> (factors changed from the parent, parent, what the rung asks).
+RUNGS: dict[str, tuple[dict, str | None, str]] = {
+    "base": ({}, None, "the shipped recipe (latent 8x8x16, KL 1e-6, caption, scaled-linear, epsilon)"),
+    "label_global": (dict(cond="label", label_path="class_embed"), "base",
+                     "true category + colour labels through the time embedding instead of the caption"),
+    "label_context": (dict(cond="label", label_path="context"), "base",
+                      "true labels as context tokens for cross-attention"),
+    "pixel": (dict(space="pixel", channels=(32, 64, 64, 64), attn_levels=(2, 3)), "base",
+              "pixel space 32x32x3 (U-Net one level deeper so its 8x8 and 4x4 levels attend)"),
+    "robust_decoder": (dict(decoder_noise=0.5), "base",
+                       "the shipped latent space and base's own denoiser checkpoints (no retraining), decoded by "
+                       "the shipped decoder fine-tuned 2,000 more steps on noised latents (sigma ~ U(0, 0.5) x "
+                       "latent std)"),
+    "v_robust_decoder": (dict(decoder_noise=0.5), "v_pred",
+                         "v_pred's own denoiser checkpoints decoded by robust_decoder's decoder"),
+    "robust_decoder_clean": (dict(decoder_noise=1e-9), "base",
+                             "control for robust_decoder: the same 2,000 extra decoder steps without noise"),
+    "vae_sampled": (dict(vae=dict(channels=(16, 32, 64), latent_channels=16, kl=1e-6, sample=True)), "base",
+                    "the same 8x8x16 VAE recipe, trained as a VAE proper: it decodes a posterior sample"),
+    "vae_sampled_kl1e-4": (dict(vae=dict(channels=(16, 32, 64), latent_channels=16, kl=1e-4, sample=True)),
+                           "vae_sampled", "the sampled VAE with KL weight 1e-4 instead of 1e-6"),
+    "vae_8x8x4": (dict(vae=dict(channels=(16, 32, 64), latent_channels=4, kl=1e-6, noise=0.0)), "base",
+                  "an 8x8x4 latent (4x fewer numbers)"),
+    "vae_16x16x4": (dict(vae=dict(channels=(32, 64), latent_channels=4, kl=1e-6, noise=0.0),
+                         channels=(32, 64, 64, 64), attn_levels=(1, 2)), "base",
+                    "a x2 VAE, 16x16x4 latent (same 1,024 numbers), U-Net one level deeper"),
+    "caption_pooled": (dict(pooled_text=True), "base",
+                       "the caption also enters the time embedding: attention-pooled context (diffusers "
+                       "addition_embed_type='text'), as well as cross-attention"),
+    "groups8": (dict(norm_groups=8), "base",
+                "GroupNorm with 8 groups (4-8 channels each) instead of 32: the shipped 32 groups of 32 channels "
+                "is instance norm, over 2x2 values at the innermost level"),
+    "whitened": (dict(whiten=True), "base",
+                 "the shipped latents rotated onto their channel principal axes and each scaled to unit variance "
+                 "(the shape-bearing components 5-8 carry 2-5 % of the variance, so isotropic noise drowns them "
+                 "first); decoded through the inverse map"),
+    "v_pixel": (dict(space="pixel", channels=(32, 64, 64, 64), attn_levels=(2, 3)), "zero_snr",
+                "zero_snr in pixel space 32x32x3 (U-Net one level deeper so its 8x8 and 4x4 levels attend)"),
+    "v_16x16x4": (dict(vae=dict(channels=(32, 64), latent_channels=4, kl=1e-6, noise=0.0),
+                       channels=(32, 64, 64, 64), attn_levels=(1, 2)), "zero_snr",
+                  "zero_snr on a x2 VAE's 16x16x4 latent (same 1,024 numbers), U-Net one level deeper"),
+    "v_wider": (dict(channels=(64, 128, 128)), "v_pred", "v_pred with a 2x wider U-Net (5.9 M parameters)"),
+    "cosine": (dict(schedule="cosine"), "base", "cosine noise schedule"),
+    "snr_shift4": (dict(schedule="shift4"), "base",
+                   "scaled-linear with every timestep's SNR multiplied by 4 (an 8x8 latent holds far fewer numbers "
+                   "per object than SD's 64x64 one, so the same SNR destroys its shape sooner)"),
+    "cosine_shift4": (dict(schedule="cosine_shift4"), "cosine", "cosine with every timestep's SNR x 4"),
+    "zero_snr": (dict(schedule="zero_snr", prediction="v_prediction"), "base",
+                 "scaled-linear rescaled to zero terminal SNR, v prediction (required by zero SNR)"),
+    "v_pred": (dict(prediction="v_prediction"), "base", "v prediction"),
+    "attn_all": (dict(attn_levels=(0, 1, 2)), "base", "attention on every level"),
+    "deeper": (dict(layers_per_block=2), "base", "two res-blocks per level"),
+    "wider": (dict(channels=(64, 128, 128)), "base", "2x wider"),
+}
+
+
+def rung_factors(name: str) -> dict:
+    """The full settings of a rung: :data:`BASE` updated along its chain of parents."""
+    changes, parent, _ = RUNGS[name]
+    f = dict(BASE) if parent is None else rung_factors(parent)
+    f.update(changes)
+    return f
+
+
+# ----------------------------------------------------------------------------- data
+def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_000):
+    from brainrecon.backbones.toy import make_toy_tokenizer
+    from brainrecon.backbones.toy_train import _load_data
+    from brainrecon.backbones.toy import ToyBackboneConfig
+    from brainrecon.data.scenes import make_scenes
+
+    tok = make_toy_tokenizer()
+    data = _load_data(ToyBackboneConfig(n_train=n_train, seed=seed), tok)
+    te = make_scenes(n_eval, image_size=32, seed=heldout_seed)
+    return data, te
+
+
+def _vae_dir(work: Path, spec: dict, steps: int, decoder_steps: int, n_train: int) -> Path:
+    key = hashlib.sha1(json.dumps([spec, steps, decoder_steps, n_train], sort_keys=True).encode()).hexdigest()[:10]
+    return work / f"vae_{key}"
+
+
+def get_vae(spec, data, work: Path, quick: bool, decoder_noise: float = 0.0):
+    """The shipped VAE, or one trained by the package's recipe with ``spec`` (cached).
+
+    ``decoder_noise > 0`` fine-tunes the shipped VAE's decoder further (the package's
+    ``_train_vae_decoder``, ``vae_decoder_noise=decoder_noise``): same encoder, same latents.
+    """
+    import shutil
+
+    from diffusers import AutoencoderKL
+
+    from brainrecon.backbones.hub import TOY_WEIGHTS_DIR
+
+    if spec == "shipped" and decoder_noise > 0:
+        from brainrecon.backbones.toy import ToyBackboneConfig
+        from brainrecon.backbones.toy_train import _train_vae_decoder
+
+        steps = 20 if quick else 2000
+        d = _vae_dir(work, {"decoder_of": "shipped", "noise": decoder_noise}, 0, steps, len(data["images"]))
+        rec_path = d / "ladder_vae.json"
+        if not rec_path.is_file():
+            if not (d / "vae").is_dir():
+                shutil.copytree(TOY_WEIGHTS_DIR / "vae", d / "vae")
+            cfg = ToyBackboneConfig(vae_decoder_steps=steps, vae_decoder_noise=decoder_noise, progress=False,
+                                    threads=None)
+            t = time.perf_counter()
+            r = _train_vae_decoder(cfg, data, d)
+            rec_path.write_text(json.dumps({"decoder_of": "shipped", "noise": decoder_noise, "decoder": r,
+                                            "wall_time_s": round(time.perf_counter() - t, 1)}))
+        return AutoencoderKL.from_pretrained(d / "vae").eval(), json.loads(rec_path.read_text())
+    if spec == "shipped":
+        return AutoencoderKL.from_pretrained(TOY_WEIGHTS_DIR / "vae").eval(), {"vae": "shipped"}
+    from brainrecon.backbones.toy import ToyBackboneConfig
+    from brainrecon.backbones.toy_train import _train_vae, _train_vae_decoder
+
+    steps, dsteps = (40, 20) if quick else (3000, 2000)
+    d = _vae_dir(work, spec, steps, dsteps, len(data["images"]))
+    cfg = ToyBackboneConfig(vae_channels=tuple(spec["channels"]), vae_latent_channels=int(spec["latent_channels"]),
+                            vae_kl_weight=float(spec["kl"]), vae_steps=steps, vae_decoder_steps=dsteps,
+                            vae_decoder_noise=float(spec.get("noise", 0.0)),
+                            vae_sample_posterior=bool(spec.get("sample", False)), progress=False, threads=None)
+    rec_path = d / "ladder_vae.json"
+    if not rec_path.is_file():
+        t = time.perf_counter()
+        r1 = _train_vae(cfg, data, d)
+        r2 = _train_vae_decoder(cfg, data, d)
+        rec_path.write_text(json.dumps({"spec": spec, "vae": r1, "decoder": r2,
+                                        "wall_time_s": round(time.perf_counter() - t, 1)}))
+    return AutoencoderKL.from_pretrained(d / "vae").eval(), json.loads(rec_path.read_text())
+
+
+# ----------------------------------------------------------------------------- models
+def make_denoiser(f: dict, in_ch: int, side: int, ctx_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    from brainrecon.backbones.toy import _groups
+
+    ch, n = tuple(f["channels"]), len(f["channels"])
+    down = tuple("CrossAttnDownBlock2D" if i in f["attn_levels"] else "DownBlock2D" for i in range(n))
+    up = tuple("CrossAttnUpBlock2D" if (n - 1 - i) in f["attn_levels"] else "UpBlock2D" for i in range(n))
+    kw = {}
+    if f["pooled_text"]:
+        kw = dict(addition_embed_type="text", addition_embed_type_num_heads=4)
+    if f["label_path"] == "class_embed":
+        kw = dict(class_embed_type="projection", projection_class_embeddings_input_dim=18)
+    return UNet2DConditionModel(sample_size=side, in_channels=in_ch, out_channels=in_ch,
+                                layers_per_block=int(f["layers_per_block"]), block_out_channels=ch,
+                                down_block_types=down, up_block_types=up, cross_attention_dim=ctx_dim,
+                                attention_head_dim=4, norm_num_groups=f["norm_groups"] or _groups(ch), **kw)
+
+
+def make_schedulers(f: dict):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    kw = dict(num_train_timesteps=1000, prediction_type=f["prediction"], clip_sample=False)
+    sched = f["schedule"]
+    if sched.startswith("cosine"):
+        kw.update(beta_schedule="squaredcos_cap_v2")
+    else:
+        kw.update(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    if "shift" in sched:                           # SNR(t) x k, as trained betas
+        k = float(sched.split("shift")[1])
+        ab = DDPMScheduler(**kw).alphas_cumprod.double()
+        ab = ab * k / (ab * k + 1 - ab)
+        betas = 1 - ab / torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+        kw = dict(kw, trained_betas=betas.clamp(max=0.999).tolist())
+    zs = f["schedule"] == "zero_snr"
+    train = DDPMScheduler(rescale_betas_zero_snr=zs, **kw)
+    sample = DDIMScheduler(rescale_betas_zero_snr=zs, set_alpha_to_one=zs, steps_offset=1,
+                           timestep_spacing="trailing" if zs else "leading", **kw)
+    return train, sample
+
+
+class Whitening:
+    """Per-position channel whitening of latents: ``z' = diag(ev)^-1/2 V^T (z - m)`` and back."""
+
+    def __init__(self, mean, vecs, ev):
+        self.mean, self.vecs, self.scale = mean, vecs, ev.clamp(min=1e-8).sqrt()
+
+    @classmethod
+    def fit(cls, z):
+        m = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).double()
+        mean = m.mean(0)
+        ev, V = torch.linalg.eigh((m - mean).T @ (m - mean) / len(m))
+        return cls(mean.float(), V.flip(1).float(), ev.flip(0).float())
+
+    def forward(self, z):
+        c = (z.permute(0, 2, 3, 1) - self.mean) @ self.vecs / self.scale
+        return c.permute(0, 3, 1, 2).contiguous()
+
+    def inverse(self, w):
+        z = (w.permute(0, 2, 3, 1) * self.scale) @ self.vecs.T + self.mean
+        return z.permute(0, 3, 1, 2).contiguous()
+
+
+class LabelContext(torch.nn.Module):
+    """The true main-object labels as conditioning: 2 context tokens, or an 18-d one-hot vector."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.cat, self.col = torch.nn.Embedding(11, dim), torch.nn.Embedding(9, dim)   # last index: "none"
+
+    def tokens(self, cat, col):
+        return torch.stack([self.cat(cat), self.col(col)], 1)
+
+
+def onehot(cat, col):
+    v = torch.zeros(len(cat), 18)
+    keep = cat < 10
+    v[keep, cat[keep]] = 1
+    v[keep, 10 + col[keep]] = 1
+    return v
+
+
+# ----------------------------------------------------------------------------- one rung
+def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
+    from transformers import CLIPTextModelWithProjection
+
+    from brainrecon.backbones.hub import TOY_WEIGHTS_DIR
+    from brainrecon.sampling.denoise import denoise_latents
+    from brainrecon.training import FitConfig, fit
+    from brainrecon.backbones.evaluate import attribute_accuracy
+
+    f = rung_factors(name)
+    torch.manual_seed(0)
+    t_start = time.perf_counter()
+    images = data["images"]
+    if f["space"] == "pixel":
+        vae, vae_rec = None, {"vae": None}
+        x0_all = images.float() / 127.5 - 1
+    else:
+        vae, vae_rec = get_vae(f["vae"], data, Path(args.work), args.quick, f["decoder_noise"])
+        from brainrecon.backbones.toy_train import _encode_all
+
+        x0_all = _encode_all(vae, images) * float(vae.config.scaling_factor)
+        if f["whiten"]:
+            white = Whitening.fit(x0_all)
+            x0_all = white.forward(x0_all)
+    t_vae = time.perf_counter() - t_start
+    # the judges' ceiling for this rung: their reading of the held-out images after this space's round trip
+    x_te = torch.from_numpy(te.images).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        rt = x_te if vae is None else ((vae.decode(vae.encode(x_te * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
+    psnr = float((10 * torch.log10(1 / ((rt - x_te) ** 2).flatten(1).mean(1).clamp(min=1e-10))).mean())
+    ceiling = {jn: {k: round(v, 4) for k, v in attribute_accuracy(j, rt, te.category, te.colour).items() if k != "n"}
+               for jn, j in judges.items()}
+    # fragility: the first judge's category reading of decode(z + sigma * std(z) * n), the generator's error model
+    fragility = {}
+    if vae is not None:
+        with torch.no_grad():
+            mu = vae.encode(x_te * 2 - 1).latent_dist.mean
+            g = torch.Generator().manual_seed(1)
+            for sg in (0.1, 0.3, 0.5):
+                zn = mu + sg * mu.std() * torch.randn(mu.shape, generator=g)
+                xn = ((vae.decode(zn).sample + 1) / 2).clamp(0, 1)
+                fragility[f"sigma{sg:g}"] = round(attribute_accuracy(next(iter(judges.values())), xn, te.category,
+                                                                     te.colour)["category"], 4)
+    in_ch, side = x0_all.shape[1], x0_all.shape[-1]
+    text = CLIPTextModelWithProjection.from_pretrained(TOY_WEIGHTS_DIR / "text_encoder").eval().requires_grad_(False)
+    width = text.config.hidden_size
+    unet = make_denoiser(f, in_ch, side, width)
+    labels = LabelContext(width)
+    model = torch.nn.ModuleDict({"unet": unet, "labels": labels})
+    train_s, sample_s = make_schedulers(f)
+    ids, empty = data["ids"], data["empty_ids"]
+    cat, col = data["category"].long(), data["colour"].long()
+    rng_pick = lambda step: np.random.default_rng([0, 4, step]).integers(0, len(x0_all), f["batch"])
+    ac = train_s.alphas_cumprod
+
+    def context(m, t_ids, c, k):
+        """(encoder_hidden_states, class_labels) of a batch; dropped rows carry the null condition."""
+        if f["cond"] == "caption":
+            with torch.no_grad():
+                return text(t_ids).last_hidden_state, None
+        if f["label_path"] == "class_embed":
+            return torch.zeros(len(c), 1, width), onehot(c, k)
+        return m["labels"].tokens(c, k), None
+
+    def batches(step):
+        i = rng_pick(step)
+        return x0_all[i], ids[i], cat[i], col[i]
+
+    def loss_fn(m, batch, step):
+        z, t_ids, c, k = batch
+        drop = torch.rand(len(z)) < 0.1
+        t_ids = torch.where(drop[:, None], empty[None], t_ids)
+        c, k = torch.where(drop, 10, c), torch.where(drop, 8, k)
+        ehs, cl = context(m, t_ids, c, k)
+        noise = torch.randn_like(z)
+        t = torch.randint(0, 1000, (len(z),))
+        xt = train_s.add_noise(z, noise, t)
+        target = noise if f["prediction"] == "epsilon" else train_s.get_velocity(z, noise, t)
+        pred = m["unet"](xt, t, encoder_hidden_states=ehs, class_labels=cl).sample
+        w = torch.ones(len(z))
+        if f["min_snr"]:
+            snr = ac[t] / (1 - ac[t])
+            w = torch.minimum(snr, torch.full_like(snr, f["min_snr"])) / (snr if f["prediction"] == "epsilon" else snr + 1)
+        return (w * ((pred - target) ** 2).flatten(1).mean(1)).mean()
+
+    @torch.no_grad()
+    def generate(m, gs: float, n: int):
+        m.eval()
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn((n, in_ch, side, side), generator=g)
+        caps = list(te.captions[:n])
+        c, k = torch.as_tensor(te.category[:n]).long(), torch.as_tensor(te.colour[:n]).long()
+        tok = data["tokenizer"]
+        t_ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+        cond = context(m, t_ids, c, k)
+        unc = context(m, empty[None].expand(n, -1), torch.full((n,), 10), torch.full((n,), 8))
+
+        def noise_fn(xin, t, branch):
+            parts = {"cond": [cond], "uncond": [unc], "both": [unc, cond]}[branch]
+            ehs = torch.cat([p[0] for p in parts])
+            cl = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
+            return m["unet"](xin, t, encoder_hidden_states=ehs, class_labels=cl).sample
+
+        z = denoise_latents(sample_s, noise_fn, x, 25, gs)
+        if f["whiten"]:
+            z = white.inverse(z)
+        img = (z + 1) / 2 if vae is None else (vae.decode(z / vae.config.scaling_factor).sample + 1) / 2
+        m.train()
+        return img.clamp(0, 1)
+
+    # held-out targets in the denoiser's space, for the x0-error-by-timestep diagnostic
+    if vae is None:
+        z_te = x_te * 2 - 1
+    else:
+        from brainrecon.backbones.toy_train import _encode_all as _enc
+
+        z_te = _enc(vae, torch.from_numpy(te.images).permute(0, 3, 1, 2).contiguous()) * float(vae.config.scaling_factor)
+        if f["whiten"]:
+            z_te = white.forward(z_te)
+
+    @torch.no_grad()
+    def x0_error(m) -> dict:
+        """MSE of the denoiser's x0 estimate from x_t (true caption) against predicting the mean, per t."""
+        m.eval()
+        tok = data["tokenizer"]
+        t_ids = tok(list(te.captions[:len(z_te)]), padding="max_length", max_length=tok.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+        ehs, cl = context(m, t_ids, torch.as_tensor(te.category).long(), torch.as_tensor(te.colour).long())
+        g = torch.Generator().manual_seed(2)
+        ab = train_s.alphas_cumprod
+        out = {"mean_baseline": round(float(((z_te - z_te.mean(0)) ** 2).mean()), 4)}
+        for t in (961, 800, 600, 400, 200):
+            n = torch.randn(z_te.shape, generator=g)
+            a = ab[t]
+            xt = a.sqrt() * z_te + (1 - a).sqrt() * n
+            pred = m["unet"](xt, torch.full((len(xt),), t), encoder_hidden_states=ehs, class_labels=cl).sample
+            x0 = (xt - (1 - a).sqrt() * pred) / a.sqrt() if f["prediction"] == "epsilon" else a.sqrt() * xt - (1 - a).sqrt() * pred
+            out[f"t{t}"] = round(float(((x0 - z_te) ** 2).mean()), 4)
+        m.train()
+        return out
+
+    curve, t_fit = [], [time.perf_counter(), time.process_time()]   # CPU time: fair when rungs share the machine
+    eval_at = sorted(args.eval_at)
+
+    def score(imgs, n):
+        out = {}
+        for jn, judge in judges.items():
+            a = attribute_accuracy(judge, imgs, te.category[:n], te.colour[:n], te.bbox[:n], 32)
+            sh = attribute_accuracy(judge, imgs, te.category[:n], te.colour[:n], np.roll(te.bbox[:n], n // 2, 0), 32)
+            out[jn] = {k: round(a[k], 4) for k in ("category", "colour", "both", "position_error")}
+            out[jn]["position_error_shuffled"] = round(sh["position_error"], 4)
+        return out
+
+    def cb(step, logs):
+        if step not in eval_at:
+            return
+        train_time = time.perf_counter() - t_fit[0]
+        train_cpu = time.process_time() - t_fit[1]
+        te0, tc0 = time.perf_counter(), time.process_time()
+        imgs = generate(model, 5.0, args.n_eval)
+        row = {"step": step, "train_wall_s": round(train_time, 1), "train_cpu_s": round(train_cpu, 1), "gs5": score(imgs, args.n_eval),
+               "loss_recent": float(np.mean([h["loss"] for h in hist[-100:]])) if hist else None,
+               "x0_mse_by_t": x0_error(model)}
+        if step == eval_at[-1]:
+            row["gs0"] = score(generate(model, 0.0, args.n_eval), args.n_eval)
+            save_grid(imgs[:24], Path(args.out).with_name(f"toy_unet_ladder_{name}.png"), name, step)
+        from safetensors.torch import save_file
+
+        (Path(args.work) / name).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(Path(args.work) / name / f"denoiser-{step}.safetensors"))
+        row["eval_wall_s"] = round(time.perf_counter() - te0, 1)
+        curve.append(row)
+        print(json.dumps({"rung": name, **row}), flush=True)
+        if on_update is not None:
+            on_update(finish())                       # a killed rung keeps its finished rows
+        t_fit[0] += time.perf_counter() - te0        # training time excludes evaluation
+        t_fit[1] += time.process_time() - tc0
+
+    def finish():
+        return {"factors": {k: (list(v) if isinstance(v, tuple) else v) for k, v in f.items()},
+                "parent": RUNGS[name][1], "question": RUNGS[name][2], "vae": vae_rec,
+                "vae_and_cache_wall_s": round(t_vae, 1), "curve": curve, "round_trip_psnr_db": round(psnr, 2),
+                "judge_ceiling_round_trip": ceiling, "latent_fragility_category": fragility,
+                "unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 3),
+                "threads": torch.get_num_threads()}
+
+    hist = []
+    if f["decoder_noise"] > 0 or args.rescore:
+        # decoder rungs: the parent's denoiser, checkpoint by checkpoint (only the decoder differs);
+        # --rescore: this rung's own saved checkpoints, scored again by the current code and judges
+        from safetensors.torch import load_file
+
+        src = Path(args.work) / (name if args.rescore and not f["decoder_noise"] else RUNGS[name][1])
+        steps = sorted(int(c.stem.split("-")[1]) for c in src.glob("denoiser-*.safetensors"))
+        eval_at[:] = [s_ for s_ in steps if args.rescore or s_ in eval_at]
+        for step in eval_at:
+            model.load_state_dict(load_file(str(src / f"denoiser-{step}.safetensors")))
+            cb(step, {})
+        return finish()
+    cfg = FitConfig(max_steps=eval_at[-1], lr=f["lr"], warmup_steps=100, lr_schedule="constant", grad_clip=1.0,
+                    seed=0, progress=False, weight_decay=0.01)
+    fit(model, loss_fn, batches, cfg, callbacks=[lambda s, l: hist.append(l), cb])
+    return finish()
+
+def save_grid(imgs, path: Path, name: str, step: int):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 8, figsize=(8, 3.3))
+    for a, im in zip(axes.flat, imgs):
+        a.imshow(im.permute(1, 2, 0).numpy())
+        a.set_axis_off()
+    fig.suptitle(f"{name}, step {step}, guidance 5 (first 24 held-out captions)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def merge(out: Path, name: str, res: dict, meta: dict, keep_training_record: bool = False):
+    data = json.loads(out.read_text()) if out.is_file() else {"rungs": {}}
+    if keep_training_record and name in data["rungs"]:
+        old = {r["step"]: r for r in data["rungs"][name].get("curve", [])}
+        for row in res["curve"]:
+            for k in ("train_wall_s", "train_cpu_s", "loss_recent"):
+                if row["step"] in old and k in old[row["step"]]:
+                    row[k] = old[row["step"]][k]
+        res = {**data["rungs"][name], **res, "rescored": True}
+    data["rungs"][name] = res
+    data["meta"] = meta
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, out)
+
+
+def table(files) -> str:
+    """Markdown: one row per rung, category / colour / place at each evaluated step (first judge)."""
+    rungs = {}
+    for f in files:
+        rungs.update(json.loads(Path(f).read_text())["rungs"])
+    lines = ["| rung | changes (from) | round trip: PSNR, judge category | category @1k / 2k / 4k | colour @ last "
+             "| place error (shuffled) @ last | category at guidance 0 | x0 MSE t=961 / 600 (mean) @ last "
+             "| train s @ last |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rungs.items():
+        curve = r.get("curve", [])
+        if not curve:
+            continue
+        j = next(iter(curve[0]["gs5"]))
+        cats = " / ".join(f"{c['gs5'][j]['category']:.1%}" for c in curve)
+        last = curve[-1]
+        g0 = f"{last['gs0'][j]['category']:.1%}" if "gs0" in last else "–"
+        ceil = r.get("judge_ceiling_round_trip", {}).get(j, {}).get("category")
+        rt = f"{r['round_trip_psnr_db']:.1f} dB, {ceil:.1%}" if ceil is not None else "–"
+        ch = RUNGS.get(name, ({}, None, ""))
+        x0 = last.get("x0_mse_by_t")
+        x0s = f"{x0['t961']:.2f} / {x0['t600']:.2f} ({x0['mean_baseline']:.2f})" if x0 else "–"
+        lines.append(f"| {name} | {ch[2]} ({r.get('parent')}) | {rt} | {cats} | {last['gs5'][j]['colour']:.1%} | "
+                     f"{last['gs5'][j]['position_error']:.3f} ({last['gs5'][j]['position_error_shuffled']:.3f}) | "
+                     f"{g0} | {x0s} | {last['train_wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rungs", nargs="+", default=["base"], help="rung names (see --list)")
+    p.add_argument("--list", action="store_true", help="print the rungs and exit")
+    p.add_argument("--table", nargs="*", metavar="JSON",
+                   help="print the markdown table of these result files (default: every ladder JSON next to --out)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs (seconds)")
+    p.add_argument("--eval-at", type=int, nargs="+", default=[1000, 2000, 4000])
+    p.add_argument("--n-train", type=int, default=20_000)
+    p.add_argument("--n-eval", type=int, default=200)
+    p.add_argument("--judge", nargs="*", default=[], help="extra attribute-classifier folders to judge with")
+    p.add_argument("--rescore", action="store_true",
+                   help="no training: score each rung's saved checkpoints again (keeps the recorded training times)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work", default="runs/toy_unet_ladder")
+    p.add_argument("--out", default="benchmarks/results/toy_unet_ladder.json")
+    args = p.parse_args(argv)
+    if args.list:
+        for k, (ch, parent, q) in RUNGS.items():
+            print(f"{k:14s} (from {parent}): {q}")
+        return
+    if args.table is not None:
+        files = args.table or sorted(Path(args.out).parent.glob("toy_unet_ladder*.json"))
+        print(table(files))
+        return
+    unknown = [r for r in args.rungs if r not in RUNGS]
+    if unknown:
+        p.error(f"unknown rung(s) {unknown}; known: {sorted(RUNGS)}")
+    if args.quick:
+        args.eval_at, args.n_train, args.n_eval = [4, 8], 256, 16
+        args.out = str(Path(args.work) / "quick.json")
+    torch.set_num_threads(args.threads)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    from brainrecon.backbones.attributes import AttributeClassifier
+    from brainrecon.backbones.hub import TOY_WEIGHTS_DIR
+
+    judges = {"shipped": AttributeClassifier.from_pretrained(TOY_WEIGHTS_DIR / "attribute_classifier").eval()}
+    for j in args.judge:
+        judges[Path(j).name] = AttributeClassifier.from_pretrained(j).eval()
+    data, te = load_world(args.n_train, args.n_eval)
+    meta = {"platform": platform.platform(), "torch": torch.__version__, "eval_at": args.eval_at,
+            "n_train": args.n_train, "n_eval": args.n_eval, "guidance": 5.0, "ddim_steps": 25,
+            "judges": list(judges), "base": {k: (list(v) if isinstance(v, tuple) else v) for k, v in BASE.items()}}
+    for name in args.rungs:
+        out = Path(args.out)
+        if args.rescore and out.name == "toy_unet_ladder.json":      # the rung's own file, as the runs wrote them
+            out = out.with_name(f"toy_unet_ladder_{name}.json")
+        res = run_rung(name, data, te, judges, args,
+                       on_update=None if args.rescore else (lambda r, n=name, o=out: merge(o, n, r, meta)))
+        merge(out, name, res, meta, keep_training_record=args.rescore)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
