@@ -489,6 +489,8 @@ def merge(out: Path, name: str, res: dict, meta: dict, keep_training_record: boo
             for k in ("train_wall_s", "train_cpu_s", "loss_recent"):
                 if row["step"] in old and k in old[row["step"]]:
                     row[k] = old[row["step"]][k]
+                elif k != "loss_recent":
+                    row.pop(k, None)                  # a rescore's own timing is not a training time
         res = {**data["rungs"][name], **res, "rescored": True}
     data["rungs"][name] = res
     data["meta"] = meta
