@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 #: The shipped recipe, as the ladder trains it (constant lr after 100 warm-up steps).
 BASE = dict(space="latent", vae="shipped", cond="caption", label_path="context", schedule="scaled_linear",
@@ -111,9 +110,8 @@ def rung_factors(name: str) -> dict:
 
 # ----------------------------------------------------------------------------- data
 def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_000):
-    from brainrecon.backbones.toy import make_toy_tokenizer
+    from brainrecon.backbones.toy import ToyBackboneConfig, make_toy_tokenizer
     from brainrecon.backbones.toy_train import _load_data
-    from brainrecon.backbones.toy import ToyBackboneConfig
     from brainrecon.data.scenes import make_scenes
 
     tok = make_toy_tokenizer()
