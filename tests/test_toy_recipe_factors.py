@@ -63,11 +63,13 @@ def test_quick_recipe_with_v_prediction_trains_and_ships_both_judges(tmp_path):
     assert imgs.shape == (1, 3, 16, 16) and torch.isfinite(imgs).all()
 
 
-def test_judge_b_seed_must_differ_from_the_other_seeds(tmp_path):
-    from brainrecon.backbones.toy_train import _judge_b_data
-
-    with pytest.raises(ValueError, match="judge_b_seed"):
-        _judge_b_data(ToyBackboneConfig.quick().replace(judge_b_seed=0))
+def test_recipe_settings_are_refused_before_any_training():
+    with pytest.raises(InvalidInputError, match="judge_b_seed"):
+        ToyBackboneConfig.quick().replace(judge_b_seed=0)
+    with pytest.raises(InvalidInputError, match="v_prediction"):
+        ToyBackboneConfig(zero_terminal_snr=True)
+    with pytest.raises(InvalidInputError, match="prediction_type"):
+        ToyBackboneConfig(prediction_type="x0")
 
 
 def test_noised_decoder_training_keeps_the_encoder(tmp_path):

@@ -173,6 +173,16 @@ class ToyBackboneConfig:
     threads: int | None = 2
     progress: bool = True
 
+    def __post_init__(self):
+        # refuse a recipe that would fail only after an hour of training the earlier parts
+        check_choice("prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
+        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
+            raise InvalidInputError("zero_terminal_snr=True needs prediction_type='v_prediction': at zero SNR "
+                                    "the noise says nothing about the image.")
+        if int(self.judge_b_seed) in (int(self.seed), int(self.heldout_seed)):
+            raise InvalidInputError(f"judge_b_seed={self.judge_b_seed} must differ from seed ({self.seed}) and "
+                                    f"heldout_seed ({self.heldout_seed}): the second judge trains on scenes of its own.")
+
     @classmethod
     def default(cls) -> "ToyBackboneConfig":
         """The recipe of the shipped weights."""

@@ -191,8 +191,6 @@ def _train_attributes(cfg, data, out: Path, judge: str = "a") -> dict:
 def _judge_b_data(cfg) -> dict:
     from ..data.scenes import make_scenes
 
-    if int(cfg.judge_b_seed) in (int(cfg.seed), int(cfg.heldout_seed)):
-        raise ValueError(f"judge_b_seed={cfg.judge_b_seed} must differ from seed and heldout_seed.")
     sc = make_scenes(cfg.n_train, image_size=cfg.image_size, seed=cfg.judge_b_seed)
     return {"images": torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous(),
             "category": torch.from_numpy(sc.category), "colour": torch.from_numpy(sc.colour),
