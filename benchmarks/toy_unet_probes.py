@@ -51,8 +51,10 @@ def main(argv=None):
     from brainrecon.sampling.denoise import denoise_latents
 
     f = L.rung_factors(args.rung)
-    if f["space"] != "latent" or f["whiten"] or f["label_path"] != "context" or f["cond"] != "caption":
-        p.error("the probes take a caption-conditioned rung in the shipped latent space")
+    if (f["space"] != "latent" or f["whiten"] or f["label_path"] != "context" or f["cond"] != "caption"
+            or f["vae"] != "shipped" or f["schedule"] != "scaled_linear"):
+        p.error("the probes take a caption-conditioned rung in the shipped latent space on the scaled-linear "
+                "schedule (e.g. base, v_pred, v_wider)")
     te = make_scenes(args.n, image_size=32, seed=10_000)
     vae = AutoencoderKL.from_pretrained(TOY_WEIGHTS_DIR / "vae").eval()
     sf = float(vae.config.scaling_factor)

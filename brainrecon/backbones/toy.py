@@ -175,10 +175,7 @@ class ToyBackboneConfig:
 
     def __post_init__(self):
         # refuse a recipe that would fail only after an hour of training the earlier parts
-        check_choice("prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
-        if self.zero_terminal_snr and self.prediction_type != "v_prediction":
-            raise InvalidInputError("zero_terminal_snr=True needs prediction_type='v_prediction': at zero SNR "
-                                    "the noise says nothing about the image.")
+        _check_prediction(self.prediction_type, self.zero_terminal_snr)
         if int(self.judge_b_seed) in (int(self.seed), int(self.heldout_seed)):
             raise InvalidInputError(f"judge_b_seed={self.judge_b_seed} must differ from seed ({self.seed}) and "
                                     f"heldout_seed ({self.heldout_seed}): the second judge trains on scenes of its own.")
@@ -306,6 +303,13 @@ def make_toy_unet(sample_size: int = 16, in_channels: int = 4, channels=(64, 96,
                                 norm_num_groups=g)
 
 
+def _check_prediction(prediction_type: str, zero_terminal_snr: bool) -> None:
+    check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
+    if zero_terminal_snr and prediction_type != "v_prediction":
+        raise InvalidInputError("zero_terminal_snr=True needs prediction_type='v_prediction': at zero SNR the "
+                                "noise says nothing about the image.")
+
+
 def make_toy_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool = False):
     """The DDIM sampler of the toy backbones: SD's scaled-linear betas.
 
@@ -319,10 +323,7 @@ def make_toy_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool
     """
     from diffusers import DDIMScheduler
 
-    check_choice("prediction_type", prediction_type, ("epsilon", "v_prediction"))
-    if zero_terminal_snr and prediction_type != "v_prediction":
-        raise InvalidInputError("zero_terminal_snr=True needs prediction_type='v_prediction': at zero SNR the "
-                                "noise says nothing about the image.")
+    _check_prediction(prediction_type, zero_terminal_snr)
     return DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                          beta_end=0.012, clip_sample=False, set_alpha_to_one=bool(zero_terminal_snr),
                          steps_offset=0 if zero_terminal_snr else 1,
