@@ -17,7 +17,7 @@ step, with the wall time to reach it; a sample grid per rung goes next to the JS
 A rung is a dict of factors changed from :data:`BASE` (the shipped recipe), so each row of the
 table differs from the base row, or from the rung it names as ``parent``, in one factor. The
 VAE rungs train their own VAE (cached under ``--work`` by its settings) with the package's own
-:func:`brainrecon.backbones.toy_train._train_vae` and :func:`._train_vae_decoder`; every
+:func:`brainrecon.training.toy_backbones._train_vae` and :func:`._train_vae_decoder`; every
 denoiser trains with :func:`brainrecon.training.fit` at constant learning rate after warm-up, so
 a rung's 1k-step figure is the same run's state at step 1,000.
 
@@ -111,7 +111,7 @@ def rung_factors(name: str) -> dict:
 # ----------------------------------------------------------------------------- data
 def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_000):
     from brainrecon.backbones.toy import ToyBackboneConfig, make_toy_tokenizer
-    from brainrecon.backbones.toy_train import _load_data
+    from brainrecon.training.toy_backbones import _load_data
     from brainrecon.data.scenes import make_scenes
 
     tok = make_toy_tokenizer()
@@ -139,7 +139,7 @@ def get_vae(spec, data, work: Path, quick: bool, decoder_noise: float = 0.0):
 
     if spec == "shipped" and decoder_noise > 0:
         from brainrecon.backbones.toy import ToyBackboneConfig
-        from brainrecon.backbones.toy_train import _train_vae_decoder
+        from brainrecon.training.toy_backbones import _train_vae_decoder
 
         steps = 20 if quick else 2000
         d = _vae_dir(work, {"decoder_of": "shipped", "noise": decoder_noise}, 0, steps, len(data["images"]))
@@ -157,7 +157,7 @@ def get_vae(spec, data, work: Path, quick: bool, decoder_noise: float = 0.0):
     if spec == "shipped":
         return AutoencoderKL.from_pretrained(TOY_WEIGHTS_DIR / "vae").eval(), {"vae": "shipped"}
     from brainrecon.backbones.toy import ToyBackboneConfig
-    from brainrecon.backbones.toy_train import _train_vae, _train_vae_decoder
+    from brainrecon.training.toy_backbones import _train_vae, _train_vae_decoder
 
     steps, dsteps = (40, 20) if quick else (3000, 2000)
     d = _vae_dir(work, spec, steps, dsteps, len(data["images"]))
@@ -263,9 +263,9 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     from transformers import CLIPTextModelWithProjection
 
     from brainrecon.backbones.hub import TOY_WEIGHTS_DIR
-    from brainrecon.sampling.denoise import denoise_latents
+    from brainrecon.diffusion import denoise_latents
     from brainrecon.training import FitConfig, fit
-    from brainrecon.backbones.evaluate import attribute_accuracy
+    from brainrecon.metrics.backbones import attribute_accuracy
 
     f = rung_factors(name)
     torch.manual_seed(0)
@@ -276,7 +276,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         x0_all = images.float() / 127.5 - 1
     else:
         vae, vae_rec = get_vae(f["vae"], data, Path(args.work), args.quick, f["decoder_noise"])
-        from brainrecon.backbones.toy_train import _encode_all
+        from brainrecon.training.toy_backbones import _encode_all
 
         x0_all = _encode_all(vae, images) * float(vae.config.scaling_factor)
         if f["whiten"]:
@@ -356,7 +356,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         cond = context(m, t_ids, c, k)
         unc = context(m, empty[None].expand(n, -1), torch.full((n,), 10), torch.full((n,), 8))
 
-        def noise_fn(xin, t, branch):
+        def noise_fn(xin, t, branch, step):
             parts = {"cond": [cond], "uncond": [unc], "both": [unc, cond]}[branch]
             ehs = torch.cat([p[0] for p in parts])
             cl = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
@@ -373,7 +373,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     if vae is None:
         z_te = x_te * 2 - 1
     else:
-        from brainrecon.backbones.toy_train import _encode_all as _enc
+        from brainrecon.training.toy_backbones import _encode_all as _enc
 
         z_te = _enc(vae, torch.from_numpy(te.images).permute(0, 3, 1, 2).contiguous()) * float(vae.config.scaling_factor)
         if f["whiten"]:
@@ -424,7 +424,9 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
                "x0_mse_by_t": x0_error(model)}
         if step == eval_at[-1]:
             row["gs0"] = score(generate(model, 0.0, args.n_eval), args.n_eval)
-            save_grid(imgs[:24], Path(args.out).with_name(f"toy_unet_ladder_{name}.png"), name, step)
+            o = Path(args.out)                        # the figure sits beside its JSON
+            png = o.with_name(f"toy_unet_ladder_{name}.png") if o.stem == "toy_unet_ladder" else o.with_suffix(".png")
+            save_grid(imgs[:24], png, name, step)
         from safetensors.torch import save_file
 
         (Path(args.work) / name).mkdir(parents=True, exist_ok=True)
@@ -536,6 +538,9 @@ def main(argv=None):
     p.add_argument("--eval-at", type=int, nargs="+", default=[1000, 2000, 4000])
     p.add_argument("--n-train", type=int, default=20_000)
     p.add_argument("--n-eval", type=int, default=200)
+    p.add_argument("--heldout-seed", type=int, default=10_000,
+                   help="seed of the judged captions' scenes; 0 judges the first --n-eval training scenes "
+                        "(a memorisation check: can the recipe redraw what it was trained on?)")
     p.add_argument("--judge", nargs="*", default=[], help="extra attribute-classifier folders to judge with")
     p.add_argument("--rescore", action="store_true",
                    help="no training: score each rung's saved checkpoints again (keeps the recorded training times)")
@@ -566,9 +571,9 @@ def main(argv=None):
     judges = {"shipped": AttributeClassifier.from_pretrained(TOY_WEIGHTS_DIR / "attribute_classifier").eval()}
     for j in args.judge:
         judges[Path(j).name] = AttributeClassifier.from_pretrained(j).eval()
-    data, te = load_world(args.n_train, args.n_eval)
+    data, te = load_world(args.n_train, args.n_eval, heldout_seed=args.heldout_seed)
     meta = {"platform": platform.platform(), "torch": torch.__version__, "eval_at": args.eval_at,
-            "n_train": args.n_train, "n_eval": args.n_eval, "guidance": 5.0, "ddim_steps": 25,
+            "n_train": args.n_train, "n_eval": args.n_eval, "heldout_seed": args.heldout_seed, "guidance": 5.0, "ddim_steps": 25,
             "judges": list(judges), "base": {k: (list(v) if isinstance(v, tuple) else v) for k, v in BASE.items()}}
     for name in args.rungs:
         out = Path(args.out)

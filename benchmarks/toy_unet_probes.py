@@ -43,12 +43,12 @@ def main(argv=None):
     from transformers import CLIPTextModelWithProjection
 
     from brainrecon.backbones.attributes import AttributeClassifier
-    from brainrecon.backbones.evaluate import attribute_accuracy
+    from brainrecon.metrics.backbones import attribute_accuracy
     from brainrecon.backbones.hub import TOY_WEIGHTS_DIR
     from brainrecon.backbones.toy import make_toy_tokenizer
-    from brainrecon.backbones.toy_train import _encode_all
+    from brainrecon.training.toy_backbones import _encode_all
     from brainrecon.data.scenes import make_scenes
-    from brainrecon.sampling.denoise import denoise_latents
+    from brainrecon.diffusion import denoise_latents
 
     f = L.rung_factors(args.rung)
     if (f["space"] != "latent" or f["whiten"] or f["label_path"] != "context" or f["cond"] != "caption"
@@ -96,7 +96,7 @@ def main(argv=None):
         cond = text(ids).last_hidden_state
         unc = text(empty).last_hidden_state.expand(len(cond), -1, -1)
 
-    def noise_fn(xin, t, branch):
+    def noise_fn(xin, t, branch, step):
         ctx = {"cond": cond, "uncond": unc, "both": torch.cat([unc, cond])}[branch]
         return unet(xin, t, encoder_hidden_states=ctx).sample
 

@@ -221,7 +221,8 @@ def _cmd_backbones(args) -> int:
     if args.backbones_command != "train":
         build_parser().parse_args(["backbones", "--help"])
         return 0
-    from .backbones.toy import ToyBackboneConfig, train_toy_backbones
+    from .backbones.toy import ToyBackboneConfig
+    from .training.toy_backbones import train_toy_backbones
 
     config = ToyBackboneConfig.quick() if args.preset == "quick" else ToyBackboneConfig.default()
     if args.seed is not None:

@@ -38,9 +38,10 @@ from pathlib import Path
 
 import torch
 
-from brainrecon.backbones import ToyBackboneConfig, load_backbone, train_toy_backbones
-from brainrecon.backbones.evaluate import (evaluate_backbone, heldout_scenes, images_to_tensor,
+from brainrecon.backbones import ToyBackboneConfig, load_backbone
+from brainrecon.metrics.backbones import (evaluate_backbone, heldout_scenes, images_to_tensor,
                                            plot_backbone_samples, plot_retrieval, plot_vae_reconstructions)
+from brainrecon.training import train_toy_backbones
 
 out = Path(OUTPUT_DIR)
 out.mkdir(parents=True, exist_ok=True)

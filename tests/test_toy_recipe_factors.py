@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from brainrecon.backbones import AttributeClassifier, ToyBackboneConfig, load_backbone, train_toy_backbones
+from brainrecon.backbones import AttributeClassifier, ToyBackboneConfig, load_backbone
+from brainrecon.training import train_toy_backbones
 from brainrecon.backbones.toy import make_toy_scheduler, make_toy_unet, make_toy_vae
 from brainrecon.data.scenes import make_scenes
 from brainrecon.errors import InvalidInputError
@@ -73,7 +74,7 @@ def test_recipe_settings_are_refused_before_any_training():
 
 
 def test_noised_decoder_training_keeps_the_encoder(tmp_path):
-    from brainrecon.backbones.toy_train import _train_vae_decoder
+    from brainrecon.training.toy_backbones import _train_vae_decoder
 
     torch.manual_seed(0)
     vae = make_toy_vae(16, (8, 8, 8), 4)

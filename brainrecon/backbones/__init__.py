@@ -4,12 +4,13 @@
 * :class:`Backbone` — unet, vae, text_encoder, tokenizer, image_encoder, scheduler and the
   helpers ``encode_text``, ``encode_image_features``, ``encode_latents``, ``decode_latents``,
   ``generate``.
-* :func:`train_toy_backbones`, :class:`ToyBackboneConfig` — the recipe of the toy parts.
+* :class:`ToyBackboneConfig` — the recipe of the toy parts (trained by
+  :func:`brainrecon.training.train_toy_backbones`).
 * :class:`AttributeClassifier` — judges category, colour and box of the main object.
 """
 from .attributes import AttributeClassifier
 from .hub import TOY_WEIGHTS_DIR, Backbone, load_backbone
-from .toy import ToyBackboneConfig, make_toy_tokenizer, train_toy_backbones
+from .toy import ToyBackboneConfig, make_toy_tokenizer
 
-__all__ = ["Backbone", "load_backbone", "TOY_WEIGHTS_DIR", "ToyBackboneConfig", "train_toy_backbones",
+__all__ = ["Backbone", "load_backbone", "TOY_WEIGHTS_DIR", "ToyBackboneConfig",
            "make_toy_tokenizer", "AttributeClassifier"]

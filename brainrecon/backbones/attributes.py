@@ -3,7 +3,7 @@
 It judges generated and reconstructed images: the text-to-image acceptance figure of the
 toy backbones ("does the sample show the caption's category and colour?") and, later,
 attribute scores and position error (through the box regression) of reconstructions.
-It is trained by :func:`brainrecon.backbones.toy_train.train_toy_backbones` and shipped
+It is trained by :func:`brainrecon.training.toy_backbones.train_toy_backbones` and shipped
 with its held-out accuracy in ``attribute_classifier/metrics.json``.
 """
 from __future__ import annotations

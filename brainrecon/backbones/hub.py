@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import denoise_latents
 from ..errors import CheckpointError, DataNotFoundError
 
 __all__ = ["Backbone", "load_backbone", "TOY_WEIGHTS_DIR", "REQUIRED_PARTS", "OPTIONAL_PARTS"]
@@ -255,11 +256,9 @@ class Backbone:
         return torch.cat(out)
 
     def _denoise(self, cond, uncond, x, gs, steps):
-        from ..sampling.denoise import denoise_latents
-
         dtype = next(self.unet.parameters()).dtype
 
-        def noise(xin, t, branch):  # the shared loop's noise function: plain text conditioning
+        def noise(xin, t, branch, step):  # the shared loop's noise function: plain text conditioning
             ctx = torch.cat([uncond, cond]) if branch == "both" else cond if branch == "cond" else uncond
             return self.unet(xin.to(dtype), t, encoder_hidden_states=ctx.to(dtype)).sample
 
@@ -290,29 +289,19 @@ def _resolve(name_or_path) -> Path:
 
 
 def _from_hub(repo_id: str) -> Path:
-    """A hub id: the local Hugging Face cache, else a download only where the network allows it."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover
-        snapshot_download = None
+    """A hub id: its copy in the local Hugging Face cache, never a download (``load_*`` stays offline)."""
+    from huggingface_hub import constants, snapshot_download
+
     patterns = [f"{p}/*" for p in list(REQUIRED_PARTS) + list(OPTIONAL_PARTS)] + ["*.json"]
-    errors = []
-    if snapshot_download is not None:
-        try:
-            return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-        except Exception as e:  # noqa: BLE001 - any failure means "not cached"
-            errors.append(f"not in the local Hugging Face cache ({type(e).__name__})")
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        if not offline:
-            try:
-                return Path(snapshot_download(repo_id, allow_patterns=patterns))
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"the hub could not be reached ({type(e).__name__})")
-        else:
-            errors.append("HF_HUB_OFFLINE is set")
+    cached = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception as e:  # noqa: BLE001 - any failure means "not cached"
+        why = type(e).__name__
     raise DataNotFoundError(
-        f"the hub model {repo_id!r} ({'; '.join(errors)})", [Path(repo_id)], data_card="toy_backbones.md",
-        hint="brainrecon never downloads on its own: download the folder where you have network "
+        f"the hub model {repo_id!r} (not in the local Hugging Face cache: {why})", [cached, Path(repo_id)],
+        data_card="toy_backbones.md",
+        hint="brainrecon never downloads: download the folder where you have network "
              "(e.g. `huggingface-cli download " + repo_id + " --local-dir DIR`) and pass load_backbone(DIR).")
 
 

@@ -14,8 +14,8 @@ Parts and where they are saved (diffusers Stable Diffusion layout)::
     scheduler/          DDIMScheduler (epsilon prediction, scaled-linear betas)
     attribute_classifier/  category / colour / box of the main object (evaluation)
 
-:class:`ToyBackboneConfig` holds the recipe; :func:`train_toy_backbones` (in
-:mod:`brainrecon.backbones.toy_train`) trains every part with :func:`brainrecon.training.fit`.
+:class:`ToyBackboneConfig` holds the recipe; :func:`~brainrecon.training.train_toy_backbones` (in
+:mod:`brainrecon.training.toy_backbones`) trains every part with :func:`brainrecon.training.fit`.
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ __all__ = [
     "make_toy_vae",
     "make_toy_unet",
     "make_toy_scheduler",
-    "train_toy_backbones",
 ]
 
 #: Special tokens, in id order: pad=0, unk=1, bos=2, eos=3. (eos must not be id 2: CLIP's
@@ -329,15 +328,3 @@ def make_toy_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool
                          steps_offset=0 if zero_terminal_snr else 1,
                          timestep_spacing="trailing" if zero_terminal_snr else "leading",
                          rescale_betas_zero_snr=bool(zero_terminal_snr), prediction_type=prediction_type)
-
-
-def train_toy_backbones(config: ToyBackboneConfig | None = None, output_dir="brainrecon-out/toy_backbones",
-                        evaluate: bool = True):
-    """Train every toy part from scratch into ``output_dir`` (resumable) and return the folder.
-
-    See :func:`brainrecon.backbones.toy_train.train_toy_backbones` for the full description;
-    this is the entry point of ``brainrecon backbones train --out DIR [--preset quick|default]``.
-    """
-    from .toy_train import train_toy_backbones as _train
-
-    return _train(config, output_dir, evaluate=evaluate)

@@ -1,4 +1,6 @@
-"""Sampling: the brain→image pipeline, its shared denoising loop, and exploration helpers.
+"""Sampling: the brain→image pipeline, its folders, and exploration helpers.
+
+The denoising loop they share lives below the backbones, in :mod:`brainrecon.diffusion`.
 
 Public names are importable from here (loaded lazily, so ``import brainrecon.sampling`` is cheap)::
 
@@ -7,7 +9,6 @@ Public names are importable from here (loaded lazily, so ``import brainrecon.sam
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "denoise_latents": "denoise", "prepare_scheduler": "denoise", "combine_guidance": "denoise",
     "BrainToImagePipeline": "pipeline", "load_reconstructor": "folders",
     "TOY_RECONSTRUCTOR_DIR": "folders", "save_reconstructor_folder": "folders",
     "load_reconstructor_folder": "folders",

@@ -2,7 +2,7 @@
 
 One call encodes the flatmaps once (``S^r = E(S)``, NeuroPictor Eq. 1), derives the semantic
 condition ``F^sem`` (Eq. 2–4) and runs the frozen U-Net with the LLMN residuals scaled by the
-control scale ``α`` (Eq. 7) through the shared loop of :mod:`brainrecon.sampling.denoise`:
+control scale ``α`` (Eq. 7) through the shared loop of :mod:`brainrecon.diffusion`:
 
 * **classifier-free guidance** — the unconditional branch replaces ``F^sem`` with the empty
   caption's text embedding and *keeps the fMRI control* (official ``reconstruction.py``:
@@ -23,7 +23,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import InvalidInputError, check_choice, check_finite
-from .denoise import denoise_latents
+from ..diffusion import denoise_latents
 from .folders import (TOY_RECONSTRUCTOR_DIR, load_reconstructor, load_reconstructor_folder,  # noqa: F401 (re-exports)
                       save_reconstructor_folder)
 
@@ -266,7 +266,7 @@ class BrainToImagePipeline(DiffusionPipeline):
         tokens = model.encode(maps.to(device, enc_dtype))
         sem_tokens = tokens if semantic_source is None else model.encode(semantic_source.to(device, enc_dtype))
         state = {"fmri_tokens": tokens, "semantic_condition": model.semantic_condition(fmri_tokens=sem_tokens),
-                 "latents": None, "step": 0}
+                 "latents": None}
         uncond = self.empty_prompt_embeds.to(device, dtype).expand(len(maps), -1, -1)
 
         # 2. initial noise
@@ -276,19 +276,19 @@ class BrainToImagePipeline(DiffusionPipeline):
         latents = latents.to(device, torch.float32)
 
         # 3. ε_θ with the fMRI control in both guidance branches (Eq. 7-8)
-        def noise_fn(x, t, branch):
+        def noise_fn(x, t, branch, step):
             tok, sem = state["fmri_tokens"], state["semantic_condition"].to(dtype)
             if branch == "both":
                 tok, sem = torch.cat([tok, tok]), torch.cat([uncond, sem])
             elif branch == "uncond":
                 sem = uncond
             return model.predict_noise(self.unet, x.to(dtype), t, fmri_tokens=tok,
-                                       control_scale=alphas[state["step"]], semantic_condition=sem)
+                                       control_scale=alphas[step], semantic_condition=sem)
 
         names = list(callback_on_step_end_tensor_inputs or ())
 
         def callback(i, t, x):
-            state["latents"], state["step"] = x, i + 1
+            state["latents"] = x
             if callback_on_step_end is None:
                 return x
             out = callback_on_step_end(self, i, t, {k: state[k] for k in names}) or {}

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..io import atomic_dir, write_json
-from ..training import FitConfig, fit
-from .toy import (ToyBackboneConfig, make_toy_image_encoder, make_toy_scheduler, make_toy_text_encoder,
+from .loop import FitConfig, fit
+from ..backbones.toy import (ToyBackboneConfig, make_toy_image_encoder, make_toy_scheduler, make_toy_text_encoder,
                   make_toy_tokenizer, make_toy_unet, make_toy_vae)
 
 __all__ = ["train_toy_backbones"]
@@ -48,7 +48,7 @@ class _ClipPair(nn.Module):
 
 
 def _clip_pixels(x: torch.Tensor) -> torch.Tensor:
-    from .hub import _CLIP_MEAN, _CLIP_STD
+    from ..backbones.hub import _CLIP_MEAN, _CLIP_STD
 
     mean = torch.tensor(_CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(_CLIP_STD, device=x.device).view(1, 3, 1, 1)
@@ -147,7 +147,7 @@ def _train_attributes(cfg, data, out: Path, judge: str = "a") -> dict:
     both judges agree on does not rest on one network's quirks.
     """
     from ..data.scenes import CATEGORIES, COLOURS
-    from .attributes import AttributeClassifier, attribute_loss
+    from ..backbones.attributes import AttributeClassifier, attribute_loss
 
     if judge == "b":
         data = _judge_b_data(cfg)
@@ -428,8 +428,8 @@ def train_toy_backbones(config: ToyBackboneConfig | None = None, output_dir="bra
                   "threads": torch.get_num_threads(), "platform": platform.platform(),
                   "python": platform.python_version()}
         if evaluate:
-            from .evaluate import evaluate_backbone
-            from .hub import load_backbone
+            from ..backbones.hub import load_backbone
+            from ..metrics.backbones import evaluate_backbone
 
             te = time.perf_counter()
             bb = load_backbone(out)

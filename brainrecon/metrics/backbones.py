@@ -16,7 +16,7 @@ __all__ = ["heldout_scenes", "vae_psnr", "clip_retrieval", "clip_hard_negatives"
 
 def images_to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     """``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float in [0, 1] (:func:`brainrecon.metrics.as_tensor`)."""
-    from ..metrics.lowlevel import as_tensor
+    from .lowlevel import as_tensor
 
     return as_tensor(images_u8)
 
@@ -87,7 +87,7 @@ def attribute_accuracy(classifier, images: torch.Tensor, category, colour, bbox=
     and ``position_error``. The scores are :func:`brainrecon.metrics.attribute_scores_per_image`'s,
     named as the backbone card reports them.
     """
-    from ..metrics.attributes import attribute_scores_per_image
+    from .attributes import attribute_scores_per_image
 
     n = len(images)
     s = attribute_scores_per_image(images, category, colour, np.zeros((n, 4)) if bbox is None else bbox,
