@@ -37,7 +37,7 @@ def plot_subject_flatmaps(world, projector=None, image: int | None = None, subje
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
+    from .figures import Figure
 
     from .data.surface import FlatmapProjector, plot_flatmap
     from .errors import InvalidInputError

@@ -1,13 +1,17 @@
 """Interactive views for Jupyter (ipywidgets). Each ``view_*`` returns a widget.
 
 The logic lives in public ``plot_*`` functions; widgets only wire controls to them, and
-their callbacks are plain methods that tests drive directly (widget output is not
-captured outside a kernel, so tests look at :attr:`figure` instead).
+their callbacks are plain methods that tests drive directly. Every figure is shown as PNG bytes in
+an ``ipywidgets.Image`` (:func:`brainrecon.figures.figure_to_png`), so it renders the same in
+JupyterLab, Voilà and a saved notebook, whatever matplotlib backend is active; tests read the
+image's bytes (:attr:`panel`) and the figure it was drawn from (:attr:`figure`).
 """
 from __future__ import annotations
 
 import ipywidgets as W
 import numpy as np
+
+from .figures import figure_to_png
 
 __all__ = ["FlatmapView", "view_flatmap", "ReconstructionView", "view_reconstruction"]
 
@@ -22,7 +26,9 @@ class FlatmapView(W.VBox):
     rois : ipywidgets.Checkbox
         Outline visual areas.
     figure : matplotlib.figure.Figure
-        The figure last drawn (what the output area shows).
+        The figure last drawn.
+    panel : ipywidgets.Image
+        That figure as a PNG (what the page shows).
     """
 
     def __init__(self, dataset):
@@ -38,12 +44,12 @@ class FlatmapView(W.VBox):
         self.image = W.IntSlider(min=0, max=max(len(dataset.records[0]) - 1, 0), value=0,
                                  description="image", continuous_update=False)
         self.rois = W.Checkbox(value=True, description="visual areas")
-        self.output = W.Output()
+        self.panel = W.Image(format="png")
         self.figure = None
         self.subject.observe(self._on_subject, names="value")
         self.image.observe(self._on_change, names="value")
         self.rois.observe(self._on_change, names="value")
-        super().__init__([W.HBox([self.subject, self.image, self.rois]), self.output])
+        super().__init__([W.HBox([self.subject, self.image, self.rois]), self.panel])
         self.draw()
 
     @property
@@ -61,7 +67,7 @@ class FlatmapView(W.VBox):
 
     def draw(self):
         """Redraw the figure for the current controls and return it."""
-        from matplotlib.figure import Figure
+        from .figures import Figure
 
         from .data.surface import plot_flatmap
 
@@ -75,11 +81,7 @@ class FlatmapView(W.VBox):
                      title=f"{self.dataset.subjects[item['subject']]}, image {item['image_key']} "
                            f"({item['n_repeats']} trial(s))")
         self.figure = fig
-        self.output.clear_output(wait=True)
-        with self.output:
-            from IPython.display import display
-
-            display(fig)
+        self.panel.value = figure_to_png(fig)
         return fig
 
 
@@ -107,14 +109,6 @@ def view_flatmap(data, split: str = "test", resolution: int = 128) -> FlatmapVie
     return FlatmapView(data)
 
 
-def _show(fig, output) -> None:
-    output.clear_output(wait=True)
-    with output:
-        from IPython.display import display
-
-        display(fig)
-
-
 class ReconstructionView(W.VBox):
     """Live NeuroPictor reconstructions: control scale ``α`` (Eq. 7), CFG scale, semantic swap.
 
@@ -129,6 +123,10 @@ class ReconstructionView(W.VBox):
     figure, swap_figure : matplotlib.figure.Figure
         The grid (targets over reconstructions) and the swap panel (input flatmap of the layout
         scan, the semantic source's target, the swap).
+    panel, swap_panel : ipywidgets.Image
+        Those figures as PNGs (what the page shows).
+    status : ipywidgets.Label
+        The settings the grid was drawn with, e.g. ``α = 0.5 · CFG = 5 · 25 steps``.
     """
 
     def __init__(self, pipe, maps, targets=None, captions=None, n: int = 4, seed: int = 0,
@@ -159,14 +157,15 @@ class ReconstructionView(W.VBox):
         scans = [(f"scan {i}" + (f": {captions[i][:30]}" if captions else ""), i) for i in range(len(maps))]
         self.layout_scan = W.Dropdown(options=scans, value=0, description="layout")
         self.semantic_scan = W.Dropdown(options=scans, value=min(1, len(maps) - 1), description="semantics")
-        self.output, self.swap_output = W.Output(), W.Output()
+        self.panel, self.swap_panel = W.Image(format="png"), W.Image(format="png")
+        self.status = W.Label()
         self.images = self.swap_image = self.figure = self.swap_figure = None
         for w in (self.control_scale, self.guidance_scale):
             w.observe(self._on_sampling, names="value")
         for w in (self.layout_scan, self.semantic_scan):
             w.observe(self._on_swap, names="value")
-        super().__init__([W.HBox([self.control_scale, self.guidance_scale]), self.output,
-                          W.HBox([self.layout_scan, self.semantic_scan]), self.swap_output])
+        super().__init__([W.HBox([self.control_scale, self.guidance_scale, self.status]), self.panel,
+                          W.HBox([self.layout_scan, self.semantic_scan]), self.swap_panel])
         self.draw()
 
     def _sample(self, maps, index, **kw):
@@ -191,13 +190,15 @@ class ReconstructionView(W.VBox):
         fig = plot_reconstruction_grid({f"α={self.control_scale.value:g}, CFG={self.guidance_scale.value:g}":
                                         self.images}, targets, n=self.n, titles=self.captions)
         self.figure = fig
-        _show(fig, self.output)
+        self.panel.value = figure_to_png(fig)
+        self.status.value = (f"α = {self.control_scale.value:g} · CFG = {self.guidance_scale.value:g} · "
+                             f"{self.steps} steps")
         self.draw_swap()
         return fig
 
     def draw_swap(self):
         """Redraw the swap panel for the current pickers; return its figure."""
-        from matplotlib.figure import Figure
+        from .figures import Figure
 
         from .data.surface import plot_flatmap
 
@@ -215,7 +216,7 @@ class ReconstructionView(W.VBox):
             ax.set_xticks([])
             ax.set_yticks([])
         self.swap_figure = fig
-        _show(fig, self.swap_output)
+        self.swap_panel.value = figure_to_png(fig)
         return fig
 
 

@@ -72,7 +72,7 @@ print(f"reconstructor: {pipe.info.get('path')} (stage {pipe.info.get('stage')}, 
 # flatmap settings (`pipe.make_projector()`).
 
 # %%
-from matplotlib.figure import Figure
+from brainrecon.figures import Figure
 
 fig_maps = Figure(figsize=(3.2 * min(N_SHOW, 4), 2.6))
 for ax, m, cap in zip(fig_maps.subplots(1, min(N_SHOW, 4)), data["maps"], data["captions"]):

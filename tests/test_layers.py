@@ -2,7 +2,7 @@
 
 Lowest first; a room may import its own layer's utilities and anything below::
 
-    utilities   errors, io, cards, _lazy
+    utilities   errors, io, cards, figures, _lazy
     foundations data, diffusion          (the world/NSD readers; the denoising loop)
     models      models, plotting         (networks of the methods; figures of data)
     backbones   backbones                (pretrained latent-diffusion parts)
@@ -20,7 +20,7 @@ import brainrecon
 
 PKG = Path(brainrecon.__file__).parent
 LAYERS = [
-    {"errors", "io", "cards", "_lazy"},
+    {"errors", "io", "cards", "figures", "_lazy"},
     {"data", "diffusion"},
     {"models", "plotting"},
     {"backbones"},

@@ -22,12 +22,14 @@ def test_view_flatmap_callbacks_redraw(world):
     from brainrecon.widgets import view_flatmap
 
     view = view_flatmap(world, resolution=48)
-    first = view.figure
+    first, first_png = view.figure, view.panel.value
+    assert first_png[:4] == b"\x89PNG"
     assert world.subject_ids[0] in _title(first) and "image" in _title(first)
     assert view.image.max == len(world.test_images) - 1
     view.image.value = 3  # observer fires synchronously outside a kernel
     key = int(view.dataset[view.index]["image_key"])
     assert view.figure is not first and f"image {key}" in _title(view.figure)
+    assert view.panel.value[:4] == b"\x89PNG" and view.panel.value != first_png
     assert key == int(np.sort(world.test_images)[3])
     view.subject.value = 1
     assert world.subject_ids[1] in _title(view.figure)

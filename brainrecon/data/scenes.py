@@ -503,7 +503,7 @@ def plot_scenes(scenes: Scenes, n: int = 8, ncols: int = 4, width: int = 28, pan
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
+    from ..figures import Figure
 
     n = min(int(n), len(scenes))
     ncols = max(1, min(ncols, n))

@@ -453,7 +453,7 @@ def plot_flatmap(values, projector: FlatmapProjector | None = None, *, vertices=
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
+    from ..figures import Figure
 
     if _is_torch(values):
         values = values.detach().cpu().numpy()

@@ -370,7 +370,7 @@ def _tick(bar):
 def plot_noise_ceiling(world: ToyWorld, ax=None):
     """Bar chart of the mean noise ceiling per area (single trial and repeat average),
     one dot per subject. Returns the Figure."""
-    from matplotlib.figure import Figure
+    from ..figures import Figure
 
     df = world.noise_ceiling()
     areas = [a for a in AREA_ROWS if a in set(df.area)]
@@ -396,7 +396,7 @@ def plot_subject_vertices(world: ToyWorld, subject: str = "subj01"):
     """The subject's native vertices on both flat hemispheres, coloured by visual area."""
     from matplotlib import colormaps
     from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure
+    from ..figures import Figure
     from matplotlib.patches import Rectangle
 
     from .fsaverage import load_fsaverage5

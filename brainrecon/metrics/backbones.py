@@ -194,12 +194,12 @@ def plot_backbone_samples(backbone, captions, guidance_scales=(0.0, 1.0, None), 
     """Grid of samples: one row per caption, one column per guidance scale. Returns a Figure."""
     import textwrap
 
-    import matplotlib.pyplot as plt
+    from ..figures import Figure
 
     captions = list(captions)
     cols = list(guidance_scales)
-    fig, axes = plt.subplots(len(captions), len(cols) + 1, figsize=(1.9 * (len(cols) + 1), 1.9 * len(captions)),
-                             squeeze=False)
+    fig = Figure(figsize=(1.9 * (len(cols) + 1), 1.9 * len(captions)))
+    axes = fig.subplots(len(captions), len(cols) + 1, squeeze=False)
     for j, gs in enumerate(cols):
         imgs = backbone.generate(captions, guidance_scale=gs, num_inference_steps=num_inference_steps,
                                  generator=torch.Generator().manual_seed(seed))
@@ -218,13 +218,14 @@ def plot_backbone_samples(backbone, captions, guidance_scales=(0.0, 1.0, None), 
 
 def plot_vae_reconstructions(backbone, images: torch.Tensor, n: int = 8):
     """Originals (top row) and VAE reconstructions (bottom row) with per-image PSNR. Returns a Figure."""
-    import matplotlib.pyplot as plt
+    from ..figures import Figure
 
     x = images[:n]
     with torch.no_grad():
         r = backbone.decode_latents(backbone.encode_latents(x.to(backbone.device))).cpu()
     psnr = 10 * torch.log10(1 / ((r - x) ** 2).flatten(1).mean(1).clamp(min=1e-10))
-    fig, axes = plt.subplots(2, len(x), figsize=(1.4 * len(x), 3.0), squeeze=False)
+    fig = Figure(figsize=(1.4 * len(x), 3.0))
+    axes = fig.subplots(2, len(x), squeeze=False)
     for i in range(len(x)):
         axes[0, i].imshow(x[i].permute(1, 2, 0).numpy())
         axes[1, i].imshow(r[i].permute(1, 2, 0).numpy())
@@ -238,13 +239,14 @@ def plot_vae_reconstructions(backbone, images: torch.Tensor, n: int = 8):
 
 def plot_retrieval(backbone, images: torch.Tensor, captions, n: int = 16):
     """Caption-by-image cosine similarity of toy CLIP (the diagonal holds the true pairs). Returns a Figure."""
-    import matplotlib.pyplot as plt
+    from ..figures import Figure
 
     with torch.no_grad():
         t = torch.nn.functional.normalize(backbone.encode_text_embeds(list(captions)[:n]), dim=-1)
         v = torch.nn.functional.normalize(backbone.encode_image_embeds(images[:n]), dim=-1)
     sim = (t @ v.T).cpu().numpy()
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    fig = Figure(figsize=(4.2, 3.6))
+    ax = fig.subplots()
     im = ax.imshow(sim, cmap="viridis")
     ax.set_xlabel("image")
     ax.set_ylabel("caption")

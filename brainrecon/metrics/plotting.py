@@ -25,7 +25,7 @@ def plot_metrics(tables, ncols: int = 4, title: str | None = None):
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
+    from ..figures import Figure
 
     if hasattr(tables, "itertuples"):
         tables = {"": tables}
@@ -85,7 +85,7 @@ def plot_reconstruction_grid(reconstructions, targets, n: int = 8, scores=None, 
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
+    from ..figures import Figure
 
     from .lowlevel import as_tensor
 

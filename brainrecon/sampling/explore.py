@@ -165,7 +165,7 @@ def swap_grid(pipe, maps_a, maps_b, seed: int = 0, **call_kwargs) -> torch.Tenso
 
 def plot_swap_grid(grid, targets_a, targets_b):
     """Semantic sources along the top, layout sources down the left, swaps inside; returns a Figure."""
-    from matplotlib.figure import Figure
+    from ..figures import Figure
 
     from ..metrics import as_tensor
 

@@ -44,7 +44,7 @@ def plot_rebuilt_flatmaps(stage_dir, maps, n: int = 4, titles=None):
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
+    from ..figures import Figure
 
     from ..data.surface import FlatmapProjector, plot_flatmap
 
@@ -94,7 +94,7 @@ def plot_stage_losses(stage_dirs, keys=("loss",), window: int = 25, title=None):
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
+    from ..figures import Figure
 
     if not isinstance(stage_dirs, dict):
         stage_dirs = {Path(stage_dirs).name: stage_dirs}
@@ -142,7 +142,7 @@ def plot_denoising_scores(stage_dirs, title=None):
     -------
     matplotlib.figure.Figure
     """
-    from matplotlib.figure import Figure
+    from ..figures import Figure
 
     if not isinstance(stage_dirs, dict):
         stage_dirs = {Path(stage_dirs).name: stage_dirs}
