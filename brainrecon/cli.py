@@ -33,6 +33,8 @@ examples:
   brainrecon demo --out demo-out                    NeuroPictor on held-out toy scans: alpha sweep, swap, report
   brainrecon evaluate runs/recon                    the field's metrics on a results folder
   brainrecon train neuropictor --out runs/np         NeuroPictor stages i-iii in the toy world
+  brainrecon lab                                    JupyterLab on the notebooks (127.0.0.1:8888)
+  brainrecon explore                                the explorer page in Voila (127.0.0.1:8866)
 """
 
 
@@ -140,6 +142,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ship-to", dest="ship_to", default=None, metavar="DIR",
                    help="copy the refined reconstructor (model/ + backbone.json) here")
     t.add_argument("--threads", type=int, default=1)
+
+    p = sub.add_parser(
+        "lab", formatter_class=fmt, help="start JupyterLab on the notebooks (127.0.0.1)",
+        description=textwrap.dedent("""\
+            Start JupyterLab on brainrecon's notebooks folder, listening on 127.0.0.1 only. The
+            notebooks are jupytext percent files (notebooks/*.py) and open as notebooks. Open the
+            URL it prints (with its token) in a browser; Ctrl-C stops it."""))
+    p.add_argument("--port", type=int, default=8888)
+    p.add_argument("--print-command", dest="print_command", action="store_true",
+                   help="print the command instead of running it")
+
+    p = sub.add_parser(
+        "explore", formatter_class=fmt, help="serve the explorer page with Voila (127.0.0.1)",
+        description=textwrap.dedent("""\
+            Serve notebooks/explorer.py as a single Voila page on 127.0.0.1: pick a subject, a
+            held-out test scan and a method; see the seen image, the reconstruction and the input
+            flatmap; drive alpha, CFG and the semantic swap; compare every method on the same scan.
+            Open http://127.0.0.1:PORT/ in a browser; Ctrl-C stops it."""))
+    p.add_argument("--port", type=int, default=8866)
+    p.add_argument("--reconstructor", action="append", default=None, metavar="PATH",
+                   help="a reconstructor folder (repeat for several methods or subjects; default the shipped toy one)")
+    p.add_argument("--n-test", dest="n_test", type=int, default=12, help="test scans offered per subject")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: each reconstructor's)")
+    p.add_argument("--out", default="brainrecon-out/explorer", help="where the page's notebook is written")
+    p.add_argument("--print-command", dest="print_command", action="store_true",
+                   help="print the command instead of running it")
     return parser
 
 
@@ -266,9 +294,36 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _serve(cmd: list[str], print_command: bool) -> int:
+    import subprocess
+
+    if print_command:
+        print(" ".join(cmd))
+        return 0
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        return 0
+
+
+def _cmd_lab(args) -> int:
+    from .servers import lab_command
+
+    return _serve(lab_command(port=args.port), args.print_command)
+
+
+def _cmd_explore(args) -> int:
+    from .servers import explorer_command
+
+    params = {"RECONSTRUCTORS": args.reconstructor or [None], "N_TEST": args.n_test}
+    if args.steps is not None:
+        params["NUM_INFERENCE_STEPS"] = args.steps
+    return _serve(explorer_command(Path(args.out), port=args.port, parameters=params), args.print_command)
+
+
 _COMMANDS = {"toyworld": _cmd_toyworld, "card": _cmd_card, "info": _cmd_info,
              "backbones": _cmd_backbones, "evaluate": _cmd_evaluate,
-             "demo": _cmd_demo, "train": _cmd_train}
+             "demo": _cmd_demo, "train": _cmd_train, "lab": _cmd_lab, "explore": _cmd_explore}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

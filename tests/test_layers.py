@@ -8,7 +8,7 @@ Lowest first; a room may import its own layer's utilities and anything below::
     backbones   backbones                (pretrained latent-diffusion parts)
     metrics     metrics                  (the evaluation suite, backbone evaluation)
     methods     training, sampling       (recipes and runs; pipelines and exploration)
-    apps        widgets, cli, (root)     (what users touch)
+    apps        widgets, explorer, servers, cli (what users touch)
 
 Rooms of one layer must not import each other (no circles between folders); the utilities may
 (``cards`` reports a missing card with ``errors``).
@@ -26,7 +26,7 @@ LAYERS = [
     {"backbones"},
     {"metrics"},
     {"training", "sampling"},
-    {"widgets", "cli", "(root)", "__main__"},
+    {"widgets", "explorer", "servers", "cli", "(root)", "__main__"},
 ]
 SAME_LAYER_ALLOWED = {("cards", "errors")}
 

@@ -1,0 +1,82 @@
+"""What the browser tests read and do on an explorer page (Voilà or JupyterLab), as a person would."""
+import hashlib
+import time
+
+FIGURE_TEXT = "<Figure size"
+
+
+def wait_for_explorer(page, timeout_s: float = 300) -> None:
+    """Until the explorer's two image panels and its status line are on the page."""
+    page.wait_for_function(
+        "() => document.querySelectorAll('img.widget-image').length >= 2 && "
+        "[...document.querySelectorAll('.widget-label')].some(e => e.textContent.includes('CFG ='))",
+        timeout=timeout_s * 1000)
+
+
+def status(page) -> str:
+    return page.locator(".widget-label", has_text="CFG =").first.inner_text()
+
+
+def panel_png(page) -> bytes:
+    """The main panel as the person sees it (a screenshot of the element)."""
+    return page.locator("img.widget-image").first.screenshot()
+
+
+def digest(b: bytes) -> str:
+    return hashlib.sha1(b).hexdigest()[:12]
+
+
+def no_figure_text(page) -> bool:
+    return FIGURE_TEXT not in page.inner_text("body")
+
+
+def set_slider(page, name: str, value: float) -> None:
+    """Type ``value`` into the slider's readout (what a person does for an exact value)."""
+    slider = page.locator(".widget-hslider", has=page.locator(".widget-label", has_text=name)).first
+    readout = slider.locator(".widget-readout")
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(f"{value:g}")
+    page.keyboard.press("Enter")
+
+
+def pick(page, name: str, label: str) -> None:
+    """Choose the option ``label`` of the dropdown described ``name``."""
+    box = page.locator(".widget-dropdown", has=page.locator(".widget-label", has_text=name)).first
+    box.locator("select").select_option(label=label)
+
+
+def wait_until(page, predicate, timeout_s: float = 120, what: str = "") -> None:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if predicate():
+            return
+        page.wait_for_timeout(300)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; status: {status(page)!r}")
+
+
+def drive_explorer(page, shots, prefix: str) -> dict:
+    """Move α, CFG and the semantic picker; after each, the label and the image must change.
+
+    Returns the status line and panel digest of every state (what the test asserts on).
+    """
+    states = {}
+
+    def snap(name):
+        png = panel_png(page)
+        (shots / f"{prefix}_{name}.png").write_bytes(page.screenshot(full_page=True))
+        states[name] = {"status": status(page), "panel": digest(png)}
+        return png
+
+    assert no_figure_text(page), "a figure shows as text on the page"
+    before = snap("start")
+    for name, action, expect in (
+            ("alpha", lambda: set_slider(page, "α", 0.5), "α = 0.5"),
+            ("cfg", lambda: set_slider(page, "CFG", 2.0), "CFG = 2"),
+            ("swap", lambda: pick(page, "semantics", "scan 1"), "semantics of scan 1")):
+        action()
+        wait_until(page, lambda: expect in status(page), what=f"the label to read {expect!r}")
+        wait_until(page, lambda: digest(panel_png(page)) != digest(before), what="the reconstruction to change")
+        before = snap(name)
+        assert no_figure_text(page), f"a figure shows as text after {name}"
+    return states

@@ -1,0 +1,68 @@
+"""The explorer as a person sees it: served by Voilà and opened in JupyterLab, driven in Chromium."""
+import shutil
+import time
+
+import pytest
+
+from brainrecon.servers import lab_command, write_explorer_notebook
+from conftest import Server, free_port, server_env, venv_tool
+from pages import drive_explorer, no_figure_text, wait_for_explorer
+
+SMOKE = {"N_TEST": 3, "NUM_INFERENCE_STEPS": 3, "WORLD_PRESET": "smoke"}
+
+
+def _check(states):
+    assert states["start"]["status"].startswith("neuropictor · subj01 · scan 0 · α = 1 · CFG = 5")
+    assert "α = 0.5 · CFG = 5" in states["alpha"]["status"]
+    assert "α = 0.5 · CFG = 2" in states["cfg"]["status"] and "semantics of scan 1" in states["swap"]["status"]
+    assert len({s["panel"] for s in states.values()}) == 4          # every move changed what is shown
+
+
+def test_voila_explorer_page_shows_images_and_follows_the_controls(browser, tmp_path, screenshots):
+    nb = write_explorer_notebook(tmp_path / "page", SMOKE)
+    port = free_port()
+    srv = Server([venv_tool("voila"), "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}", str(nb)],
+                 server_env(tmp_path), tmp_path / "voila.log")
+    page = None
+    try:
+        srv.wait_http(f"http://127.0.0.1:{port}/", timeout=120)
+        page = browser.new_page(viewport={"width": 1200, "height": 1100})
+        t = time.monotonic()
+        page.goto(f"http://127.0.0.1:{port}/", timeout=400_000, wait_until="commit")
+        wait_for_explorer(page)
+        print(f"voila page ready in {time.monotonic() - t:.0f} s")
+        _check(drive_explorer(page, screenshots, "voila"))
+    finally:
+        if page is not None:
+            page.close()
+        srv.stop()
+
+
+def test_jupyterlab_opens_the_py_notebook_and_renders_the_explorer(browser, tmp_path, screenshots):
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    src = write_explorer_notebook(tmp_path / "nb", SMOKE)            # the .py, parameters set, as a text notebook
+    import jupytext
+
+    jupytext.write(jupytext.read(src), root / "explorer.py", fmt="py:percent")
+    port, token = free_port(), "brainrecon-test"
+    cmd = lab_command(port=port, token=token, root=root, settings_dir=tmp_path / "lab-app-settings")
+    srv = Server(cmd + ["--allow-root", "--LabApp.extension_manager=readonly"], server_env(tmp_path),
+                 tmp_path / "lab.log")
+    page = None
+    try:
+        srv.wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=120)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.goto(f"http://127.0.0.1:{port}/lab/tree/explorer.py?reset&token={token}", timeout=120_000)
+        page.wait_for_selector(".jp-Notebook", timeout=120_000)           # opened as a notebook, not as text
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=180_000)
+        page.locator(".jp-Notebook").first.click()
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_text("Run All Cells", exact=True).click()
+        wait_for_explorer(page)
+        assert no_figure_text(page)
+        _check(drive_explorer(page, screenshots, "lab"))
+    finally:
+        if page is not None:
+            page.close()
+        srv.stop()
