@@ -131,7 +131,7 @@ def bench_toy(quick: bool) -> dict:
 
     reps = 1 if quick else 2
     t_ours, t_plain = _timed(ours, "cpu", reps), _timed(plain, "cpu", reps)
-    model = pipe.neuropictor.train().requires_grad_(True)
+    model = pipe.conditioner.train().requires_grad_(True)
     lat = torch.randn(16, *pipe._latent_shape(1)[1:], generator=g)
     train = _train_steps(_objective(model, pipe.unet, pipe.scheduler, pipe.empty_prompt_embeds[0]),
                          torch.randn(16, *pipe.map_shape, generator=g), lat,

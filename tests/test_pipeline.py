@@ -58,7 +58,7 @@ def test_output_types_shapes_and_ranges(env):
     assert z.shape == (3, 16, 8, 8)
     one = p(env.maps[0], num_inference_steps=STEPS, generator=gen()).images  # a single (1, H, W) map
     assert one.shape == (1, 3, 32, 32)
-    assert p.to("cpu") is p and p.device.type == "cpu" and p.neuropictor.encoder.device.type == "cpu"
+    assert p.to("cpu") is p and p.device.type == "cpu" and p.conditioner.encoder.device.type == "cpu"
 
 
 def test_deterministic_by_seed_and_per_image_generators(env):
@@ -73,7 +73,7 @@ def test_deterministic_by_seed_and_per_image_generators(env):
 
 
 def test_alpha_zero_is_the_unet_without_residuals(env):
-    p, m, unet = env.pipe, env.pipe.neuropictor, env.pipe.unet
+    p, m, unet = env.pipe, env.pipe.conditioner, env.pipe.unet
     with torch.no_grad():
         sem = m.semantic_condition(env.maps)
         want = by_hand(p, env.latents, lambda x, t: unet(x, t, encoder_hidden_states=sem).sample)
@@ -95,7 +95,7 @@ def test_control_guidance_window(env):
     early = p(env.maps, control_guidance_end=0.5, **kw).images
     assert not torch.allclose(early, full, atol=1e-4) and not torch.allclose(early, none, atol=1e-4)
     # by hand: α for steps 0 and 1 of 4, α = 0 for steps 2 and 3
-    m, unet, step = p.neuropictor, p.unet, {"i": 0}
+    m, unet, step = p.conditioner, p.unet, {"i": 0}
     with torch.no_grad():
         tok, sem = m.encode(env.maps), m.semantic_condition(env.maps)
         empty = env.bb.encode_text([""]).expand(3, -1, -1)
@@ -128,7 +128,7 @@ def test_zero_initialised_llmn_makes_alpha_an_identity(env):
 
 
 def test_semantic_swap(env):
-    p, m, unet = env.pipe, env.pipe.neuropictor, env.pipe.unet
+    p, m, unet = env.pipe, env.pipe.conditioner, env.pipe.unet
     kw = dict(num_inference_steps=STEPS, latents=env.latents, output_type="latent", guidance_scale=1.0)
     own = p(env.maps, **kw).images
     assert torch.equal(p(env.maps, semantic_source=env.maps.clone(), **kw).images, own)
@@ -143,7 +143,7 @@ def test_semantic_swap(env):
 
 
 def test_guidance_one_is_conditional_only_and_uncond_keeps_the_control(env):
-    p, m, unet = env.pipe, env.pipe.neuropictor, env.pipe.unet
+    p, m, unet = env.pipe, env.pipe.conditioner, env.pipe.unet
     kw = dict(num_inference_steps=STEPS, latents=env.latents, output_type="latent")
     with torch.no_grad():
         tok = m.encode(env.maps)
@@ -209,7 +209,7 @@ def test_save_load_round_trips_give_identical_images(env, tmp_path):
     assert (full / "unet" / "config.json").is_file() and (full / "empty_prompt_embeds.safetensors").is_file()
     # the refine_subject layout: model/ + backbone.json, nothing else
     stage = tmp_path / "stage"
-    p.neuropictor.save_pretrained(stage / "model")
+    p.conditioner.save_pretrained(stage / "model")
     (stage / "backbone.json").write_text(json.dumps({"backbone": "toy"}))
     for d in (light, full, stage):
         back = load_reconstructor(d)
@@ -223,7 +223,7 @@ def test_half_precision_load(env, tmp_path):
     d = env.pipe.save_pretrained(tmp_path / "light")
     half = load_reconstructor(d, dtype=torch.bfloat16)
     half.set_progress_bar_config(disable=True)
-    assert half.dtype == torch.bfloat16 and next(half.neuropictor.parameters()).dtype == torch.bfloat16
+    assert half.dtype == torch.bfloat16 and next(half.conditioner.parameters()).dtype == torch.bfloat16
     img = half(env.maps, num_inference_steps=2, generator=gen()).images
     assert img.dtype == torch.float32 and torch.isfinite(img).all() and 0 <= img.min() and img.max() <= 1
 
@@ -234,14 +234,14 @@ def test_backbone_folder_reference_and_text_encoder_free_parts(env, tmp_path):
     p = env.pipe
     ref = p(env.maps, num_inference_steps=STEPS, generator=gen(4)).images
     d = tmp_path / "rel"
-    p.neuropictor.save_pretrained(d / "model")
+    p.conditioner.save_pretrained(d / "model")
     import shutil
 
     shutil.copytree(TOY_WEIGHTS_DIR, d / "bb", ignore=shutil.ignore_patterns("image_encoder", "attribute_*"))
     (d / "backbone.json").write_text(json.dumps({"backbone": "bb"}))  # relative to the reconstructor
     assert torch.equal(load_reconstructor(d)(env.maps, num_inference_steps=STEPS, generator=gen(4)).images, ref)
     # a pipeline without text encoder keeps the stored empty-caption embedding
-    bare = BrainToImagePipeline(p.unet, p.vae, p.scheduler, p.neuropictor, empty_prompt_embeds=p.empty_prompt_embeds,
+    bare = BrainToImagePipeline(p.unet, p.vae, p.scheduler, p.conditioner, empty_prompt_embeds=p.empty_prompt_embeds,
                                 default_guidance_scale=5.0, default_num_inference_steps=STEPS)
     bare.set_progress_bar_config(disable=True)
     assert torch.equal(bare(env.maps, generator=gen(4)).images, ref)
@@ -271,7 +271,7 @@ def test_errors_name_what_is_wrong(env, tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="model"):
         load_reconstructor(tmp_path / "empty")
-    p.neuropictor.save_pretrained(tmp_path / "half" / "model")
+    p.conditioner.save_pretrained(tmp_path / "half" / "model")
     with pytest.raises(CheckpointError, match=r"unet/config.json.*empty_prompt_embeds"):
         load_reconstructor(tmp_path / "half")
     import brainrecon.sampling.folders as mod

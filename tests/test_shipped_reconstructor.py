@@ -26,6 +26,6 @@ def test_shipped_llmn_reads_the_scan():
     test = cache_stage_data(make_stage_dataset(world, ["subj01"], "test", flat["resolution"], flat["crop"]),
                             backbone, progress=False)
     sched = DDPMScheduler.from_config(backbone.scheduler.config)
-    m = score_denoiser(pipe.neuropictor, backbone.unet, sched, test, test.text_table.float().mean(0), n=50, draws=2)
+    m = score_denoiser(pipe.conditioner, backbone.unet, sched, test, test.text_table.float().mean(0), n=50, draws=2)
     assert m["noise_mse_shuffled_scan"] > 1.025 * m["noise_mse"]   # shipped: +5.0 % (first fix: +1.2 %)
     assert m["semantic_cos"] > m["semantic_cos_baseline"] + 0.1        # and the semantic pathway reads it too

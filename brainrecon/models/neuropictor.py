@@ -8,6 +8,11 @@ training stages and the pipeline need:
 * :meth:`~NeuroPictorModel.control_residuals` — ``α·Z(E_U(E_ft(S^r)))`` (Eq. 5–7);
 * :meth:`~NeuroPictorModel.predict_noise` — ``ε_θ(z_t, t, S^r, F^sem)`` of Eq. 8 with the frozen U-Net.
 
+It is also the pipeline's first *conditioner* (:class:`~brainrecon.models.conditioner.BrainConditioner`):
+flatmaps in, ``S^r`` and ``F^sem`` encoded once per call (:meth:`~NeuroPictorModel.encode_scans`), and at
+every step ``F^sem`` as the U-Net's cross-attention context plus the LLMN residuals × α
+(:meth:`~NeuroPictorModel.unet_inputs`, Eq. 7–8).
+
 Every call takes an optional ``semantic_condition``: pass the empty caption's text embedding for
 the unconditional branch of classifier-free guidance, or another scan's ``F^sem`` for the
 **semantic swap** (high-level features of one scan, low-level features of another; as in the
@@ -24,6 +29,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
+from .conditioner import BrainConditioner
 from .fmri_encoder import CalibratedEncoder
 from .hlgn import HighLevelGuidingNetwork, semantic_loss
 from .llmn import LowLevelManipulationNetwork, match_device_dtype
@@ -55,7 +61,7 @@ class NeuroPictorOutput(BaseOutput):
     fmri_tokens: torch.Tensor
 
 
-class NeuroPictorModel(nn.Module):
+class NeuroPictorModel(BrainConditioner, nn.Module):
     """Calibrated encoder, High-Level Guiding Network and Low-Level Manipulation Network.
 
     Parameters
@@ -83,6 +89,44 @@ class NeuroPictorModel(nn.Module):
             raise InvalidInputError(f"HLGN text_embed_dim={h.text_embed_dim} differs from the U-Net's "
                                     f"cross_attention_dim={cross}.")
         self.encoder, self.hlgn, self.llmn = encoder, hlgn, llmn
+
+    # ------------------------------------------------------------------ the conditioner interface
+    input_kind = "flatmap"
+    callback_tensors = ("semantic_condition", "fmri_tokens")
+
+    def input_shape(self) -> tuple:
+        """``(C, H, W)`` of the flatmaps the calibrated encoder reads."""
+        return (int(self.encoder.config.in_channels), *(int(s) for s in self.encoder.image_hw))
+
+    def encode_scans(self, scans: torch.Tensor, semantic_source: torch.Tensor | None = None) -> dict:
+        """``S^r = E(S)`` (Eq. 1) of the scans and ``F^sem`` (Eq. 2–4) of ``semantic_source`` or of them.
+
+        With ``semantic_source`` (the **semantic swap**) the high-level features come from those scans
+        and the low-level ones (``S^r`` for the LLMN) from ``scans``, as the official ``exchange`` hook.
+        """
+        dtype = next(self.encoder.parameters()).dtype
+        tokens = self.encode(scans.to(dtype))
+        sem_tokens = tokens if semantic_source is None else self.encode(semantic_source.to(dtype))
+        return {"fmri_tokens": tokens, "semantic_condition": self.semantic_condition(fmri_tokens=sem_tokens)}
+
+    def unet_inputs(self, state: dict, latents: torch.Tensor, timestep, branch: str, step: int,
+                    control_scale: float, uncond_context: torch.Tensor) -> dict:
+        """``F^sem`` as context and the LLMN residuals × α (Eq. 7–8) for one step.
+
+        Classifier-free guidance replaces ``F^sem`` with the empty caption in the unconditional branch and
+        keeps the fMRI control in both (official ``reconstruction.py``: ``uc_cat = c_cat``).
+        """
+        tok, sem = state["fmri_tokens"], state["semantic_condition"].to(latents.dtype)
+        if branch == "both":
+            tok, sem = torch.cat([tok, tok]), torch.cat([uncond_context.to(latents.dtype), sem])
+        elif branch == "uncond":
+            sem = uncond_context.to(latents.dtype)
+        if control_scale == 0:  # Eq. 7 with α = 0: the copy need not run at all
+            down = mid = None
+        else:
+            down, mid = self.llmn(latents, timestep, sem, tok, control_scale=control_scale)
+        return {"encoder_hidden_states": sem, "down_block_additional_residuals": down,
+                "mid_block_additional_residual": mid}
 
     # ------------------------------------------------------------------ construction
     @classmethod

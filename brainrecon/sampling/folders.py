@@ -43,7 +43,7 @@ def save_reconstructor_folder(pipe, save_directory, save_backbone: bool | None =
                                 "from_backbone on a saved backbone); use save_backbone=True.")
     save_directory = Path(save_directory)
     with atomic_dir(save_directory) as tmp:
-        pipe.neuropictor.save_pretrained(tmp / "model")
+        pipe.conditioner.save_pretrained(tmp / "model")
         if light:
             write_json(tmp / "backbone.json", {"backbone": source})
         else:

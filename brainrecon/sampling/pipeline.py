@@ -1,14 +1,21 @@
-"""``BrainToImagePipeline``: NeuroPictor's fMRI→image sampler as a diffusers pipeline (§3.4).
+"""``BrainToImagePipeline``: scans → images for every method, as one diffusers pipeline.
 
-One call encodes the flatmaps once (``S^r = E(S)``, NeuroPictor Eq. 1), derives the semantic
-condition ``F^sem`` (Eq. 2–4) and runs the frozen U-Net with the LLMN residuals scaled by the
-control scale ``α`` (Eq. 7) through the shared loop of :mod:`brainrecon.diffusion`:
+The pipeline knows diffusion, not methods: a *conditioner* (:class:`~brainrecon.models.conditioner.
+BrainConditioner`) says what input it takes (flatmaps or voxel vectors), encodes the scans once per
+call, and hands the frozen U-Net its inputs at every step (context, residuals × α, time-embedding
+terms); the pipeline runs the shared loop of :mod:`brainrecon.diffusion` with
 
-* **classifier-free guidance** — the unconditional branch replaces ``F^sem`` with the empty
-  caption's text embedding and *keeps the fMRI control* (official ``reconstruction.py``:
-  ``uc_cat = c_cat``), ``ε = ε_u + s·(ε_c − ε_u)``;
-* **semantic swap** — ``semantic_source`` gives other scans whose ``F^sem`` replaces the
-  high-level features while ``maps`` keeps the low-level ones (official ``exchange`` hook).
+* **classifier-free guidance** — ``ε = ε_u + s·(ε_c − ε_u)``, the conditioner deciding what the
+  unconditional branch sees (NeuroPictor: the empty caption with the fMRI control kept);
+* **semantic swap** — ``semantic_source`` gives other scans whose semantics replace the high-level
+  features while ``maps`` keeps the low-level ones (NeuroPictor's official ``exchange`` hook);
+* **img2img** — ``strength`` η < 1 starts from the conditioner's :meth:`initial_latents` (or from
+  ``init_latents`` given to the call) noised to the matching step;
+* **feature guidance** — ``feature_guidance_scale`` κ pulls each step's clean-latent estimate
+  towards the conditioner's :meth:`feature_targets` (``"latents"``: a target ``z_0``) for the first
+  share ``feature_guidance_strength`` of the steps.
+
+NeuroPictor (:class:`~brainrecon.models.NeuroPictorModel`) is the first conditioner.
 
 Saved reconstructor folders (light: ``model/`` + ``backbone.json``, as ``refine_subject`` writes them;
 full: with the backbone's parts) are described in :mod:`brainrecon.sampling.folders`.
@@ -22,8 +29,8 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..errors import InvalidInputError, check_choice, check_finite
-from ..diffusion import denoise_latents
+from ..diffusion import denoise_latents, predict_original_sample
+from ..errors import InvalidInputError, check_choice
 from .folders import (TOY_RECONSTRUCTOR_DIR, load_reconstructor, load_reconstructor_folder,  # noqa: F401 (re-exports)
                       save_reconstructor_folder)
 
@@ -32,18 +39,8 @@ __all__ = ["BrainToImagePipeline", "load_reconstructor", "TOY_RECONSTRUCTOR_DIR"
 _OUTPUT_TYPES = ("pt", "np", "pil", "latent")
 
 
-def _as_maps(maps, name: str) -> torch.Tensor:
-    if maps is None:
-        raise InvalidInputError(f"{name} is required: flatmaps (B, 1, H, W).")
-    x = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(maps)
-    if x.ndim == 3:                      # one map (1, H, W): make it a batch of one
-        x = x[None]
-    check_finite(x, name)
-    return x.float().contiguous()  # strided views (e.g. expand) would slow every later conv
-
-
 class BrainToImagePipeline(DiffusionPipeline):
-    """Flatmaps → images with NeuroPictor (NeuroPictor §3.4, Eq. 7–8) on a Stable-Diffusion-style backbone.
+    """Scans → images with any method's conditioner on a Stable-Diffusion-style backbone.
 
     Parameters
     ----------
@@ -53,8 +50,8 @@ class BrainToImagePipeline(DiffusionPipeline):
         Decodes latents to images.
     scheduler : diffusers scheduler
         DDIM for the toy and SD 2.1 backbones.
-    neuropictor : NeuroPictorModel
-        Calibrated encoder, HLGN and LLMN.
+    conditioner : BrainConditioner
+        The method (e.g. ``NeuroPictorModel``: calibrated encoder, HLGN and LLMN, §3.4, Eq. 7–8).
     text_encoder, tokenizer : optional
         Only used to compute the empty-caption embedding.
     empty_prompt_embeds : Tensor ``(1, L_T, d_T)``, optional
@@ -74,16 +71,20 @@ class BrainToImagePipeline(DiffusionPipeline):
     / :func:`~brainrecon.sampling.load_reconstructor`.
     """
 
-    model_cpu_offload_seq = "neuropictor->unet->vae"
+    model_cpu_offload_seq = "conditioner->unet->vae"
     _optional_components = ["text_encoder", "tokenizer"]
-    _callback_tensor_inputs = ["latents", "semantic_condition", "fmri_tokens"]
 
-    def __init__(self, unet, vae, scheduler, neuropictor, text_encoder=None, tokenizer=None,
+    def __init__(self, unet, vae, scheduler, conditioner, text_encoder=None, tokenizer=None,
                  empty_prompt_embeds: torch.Tensor | None = None, default_guidance_scale: float = 5.0,
                  default_num_inference_steps: int = 50, backbone_source: str | None = None,
                  flatmap: dict | None = None):
         super().__init__()
-        self.register_modules(unet=unet, vae=vae, scheduler=scheduler, neuropictor=neuropictor,
+        from ..models.conditioner import INPUT_KINDS, BrainConditioner
+
+        if not isinstance(conditioner, BrainConditioner) or conditioner.input_kind not in INPUT_KINDS:
+            raise InvalidInputError(f"conditioner must be a BrainConditioner (input_kind in {INPUT_KINDS}); got "
+                                    f"{type(conditioner).__name__}.")
+        self.register_modules(unet=unet, vae=vae, scheduler=scheduler, conditioner=conditioner,
                               text_encoder=text_encoder, tokenizer=tokenizer)
         if empty_prompt_embeds is None:
             if text_encoder is None or tokenizer is None:
@@ -98,12 +99,12 @@ class BrainToImagePipeline(DiffusionPipeline):
         self.empty_prompt_embeds = empty_prompt_embeds.detach()[:1].float().cpu()
         #: what the reconstructor's folder says besides the known settings (e.g. ``toyworld``, ``subject``)
         self.info = {}
-        if flatmap is None:
-            flatmap = {"resolution": list(neuropictor.encoder.image_hw)}
+        if flatmap is None and conditioner.input_kind == "flatmap":
+            flatmap = {"resolution": list(conditioner.input_shape()[1:])}
         self.register_to_config(default_guidance_scale=float(default_guidance_scale),
                                 default_num_inference_steps=int(default_num_inference_steps),
                                 backbone_source=None if backbone_source is None else str(backbone_source),
-                                flatmap=dict(flatmap))
+                                flatmap=None if flatmap is None else dict(flatmap))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
@@ -111,7 +112,7 @@ class BrainToImagePipeline(DiffusionPipeline):
     @classmethod
     def from_backbone(cls, backbone, model, guidance_scale: float | None = None,
                       num_inference_steps: int | None = None, flatmap: dict | None = None):
-        """A pipeline around a loaded :class:`~brainrecon.backbones.Backbone` and a ``NeuroPictorModel``.
+        """A pipeline around a loaded :class:`~brainrecon.backbones.Backbone` and a conditioner ``model``.
 
         ``guidance_scale`` / ``num_inference_steps`` default to the backbone's ``backbone.json``
         (toy: 5.0 and 25), else the paper's 5.0 and 50.
@@ -133,10 +134,10 @@ class BrainToImagePipeline(DiffusionPipeline):
                    else num_inference_steps, backbone_source=source, flatmap=flatmap)
 
     def to(self, *args, **kwargs) -> "BrainToImagePipeline":
-        """Move every part like ``torch.nn.Module.to`` (``NeuroPictorModel`` is a plain module, which
+        """Move every part like ``torch.nn.Module.to`` (a conditioner may be a plain module, which
         diffusers' own ``to`` cannot query for ``dtype``)."""
         kwargs.pop("silence_dtype_warnings", None)
-        for name in ("unet", "vae", "neuropictor", "text_encoder"):
+        for name in ("unet", "vae", "conditioner", "text_encoder"):
             part = getattr(self, name, None)
             if part is not None:
                 part.to(*args, **kwargs)
@@ -152,24 +153,25 @@ class BrainToImagePipeline(DiffusionPipeline):
 
     @property
     def map_shape(self) -> tuple:
-        """``(C, H, W)`` of the flatmaps the calibrated encoder reads."""
-        enc = self.neuropictor.encoder
-        return (int(enc.config.in_channels), *(int(s) for s in enc.image_hw))
+        """Shape of one scan the conditioner reads: ``(C, H, W)`` flatmaps or ``(V,)`` voxels."""
+        return tuple(int(s) for s in self.conditioner.input_shape())
+
+    @property
+    def _callback_tensor_inputs(self) -> list:
+        return ["latents", *self.conditioner.callback_tensors]
 
     def make_projector(self):
         """The :class:`~brainrecon.data.surface.FlatmapProjector` of this reconstructor's maps."""
         from ..data.surface import FlatmapProjector
 
+        if self.config.flatmap is None:
+            raise InvalidInputError(f"this reconstructor reads {self.conditioner.input_kind}, not flatmaps: "
+                                    "it has no flatmap projector.")
         return FlatmapProjector(**dict(self.config.flatmap))
 
     # ------------------------------------------------------------------ sampling
     def check_inputs(self, maps, semantic_source, latents, output_type, callback_on_step_end_tensor_inputs):
         """Validate the call's inputs; messages name both sides of every mismatch."""
-        want = self.map_shape
-        if maps.ndim != 4 or tuple(maps.shape[1:]) != want:
-            raise InvalidInputError(f"maps must be flatmaps of shape (B, {', '.join(map(str, want))}) (the "
-                                    f"calibrated encoder's input); got {tuple(maps.shape)}. Project responses "
-                                    f"with pipe.make_projector().transform(...).")
         if semantic_source is not None and tuple(semantic_source.shape) != tuple(maps.shape):
             raise InvalidInputError(f"semantic_source {tuple(semantic_source.shape)} must match maps "
                                     f"{tuple(maps.shape)}: one semantic source scan per target scan.")
@@ -203,30 +205,33 @@ class BrainToImagePipeline(DiffusionPipeline):
                  latents: torch.Tensor | None = None, eta: float = 0.0, output_type: str = "pt",
                  return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("latents",), control_guidance_start: float = 0.0,
-                 control_guidance_end: float = 1.0):
-        """Reconstruct images from flatmaps.
+                 control_guidance_end: float = 1.0, strength: float = 1.0,
+                 init_latents: torch.Tensor | None = None, feature_guidance_scale: float = 0.0,
+                 feature_guidance_strength: float = 0.2):
+        """Reconstruct images from scans.
 
         Parameters
         ----------
-        maps : Tensor ``(B, 1, H, W)``
-            The scans' flatmaps (``S`` of NeuroPictor Eq. 1); one ``(1, H, W)`` map is a batch of one.
+        maps : Tensor ``(B, *map_shape)``
+            The scans as the conditioner reads them: flatmaps ``(B, 1, H, W)`` (NeuroPictor's ``S``,
+            Eq. 1) or voxel vectors ``(B, V)``; one scan without the batch axis is a batch of one.
         control_scale : float
             ``α`` of NeuroPictor Eq. 7: 0 keeps only the high-level semantics, 1 the trained
-            balance; above 1 pushes low-level structure harder.
+            balance; above 1 pushes low-level structure harder (refused outside [0, 10]).
         guidance_scale : float, optional
             Classifier-free guidance scale ``s`` (``ε_u + s(ε_c − ε_u)``); 1 = conditional only,
-            0 = empty caption only (with the fMRI control kept). Default: ``default_guidance_scale``.
+            0 = unconditional only (refused outside [0, 50]). Default: ``default_guidance_scale``.
         num_inference_steps : int, optional
-            Denoising steps (default ``default_num_inference_steps``).
+            Denoising steps of the full schedule (default ``default_num_inference_steps``).
         generator : torch.Generator or list of them, optional
             One per image makes every image independent of the batch it is drawn in.
-        semantic_source : Tensor ``(B, 1, H, W)``, optional
-            The **semantic swap**: ``F^sem`` (Eq. 4) of these scans with the low-level features of
-            ``maps`` (the LLMN copy and the U-Net both see the swapped condition, as officially).
+        semantic_source : Tensor like ``maps``, optional
+            The **semantic swap**: the semantics (NeuroPictor: ``F^sem``, Eq. 4) of these scans with the
+            low-level features of ``maps`` (the LLMN copy and the U-Net both see the swapped condition).
         latents : Tensor ``(B, c, h, w)``, optional
             Initial noise.
         eta : float
-            DDIM's η.
+            DDIM's η in [0, 1].
         output_type : {"pt", "np", "pil", "latent"}
             ``(B, 3, H, W)`` in [0, 1], ``(B, H, W, 3)`` in [0, 1], PIL images, or ``z_0``.
         return_dict : bool
@@ -235,59 +240,97 @@ class BrainToImagePipeline(DiffusionPipeline):
             ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after every step, with the tensors
             named in ``callback_on_step_end_tensor_inputs``; what it returns replaces them.
         callback_on_step_end_tensor_inputs : sequence of str
-            From ``latents``, ``semantic_condition``, ``fmri_tokens``.
+            ``latents`` and the conditioner's own (NeuroPictor: ``semantic_condition``, ``fmri_tokens``).
         control_guidance_start, control_guidance_end : float
-            The share of the steps in which the LLMN residuals are applied (diffusers' ControlNet
-            window): step ``i`` of ``n`` uses ``α`` when ``start ≤ i/n`` and ``(i+1)/n ≤ end``, else 0
-            (e.g. ``end=0.5``: low-level control early, semantics alone late).
+            The share of the steps run in which the conditioner's control (NeuroPictor: the LLMN
+            residuals) is applied (diffusers' ControlNet window): step ``i`` of ``n`` uses ``α`` when
+            ``start ≤ i/n`` and ``(i+1)/n ≤ end``, else 0.
+        strength : float
+            img2img η ∈ (0, 1]: run the last ``round(strength · steps)`` steps from ``init_latents``
+            (or the conditioner's :meth:`initial_latents`) noised to the first of them; 1 starts
+            from noise.
+        init_latents : Tensor ``(B, c, h, w)``, optional
+            Clean latents img2img starts from (default: the conditioner's, if it has any).
+        feature_guidance_scale : float
+            κ ≥ 0: each guided step moves the model output by ``κ √(1−ᾱ_t) ∇_{x_t} L(x̂_0)``, ``L``
+            the conditioner's feature loss (:meth:`feature_targets`); 0 switches it off.
+        feature_guidance_strength : float
+            The share of the steps run, from the first, that feature guidance acts on (MindDiffuser's η).
 
         Returns
         -------
         ImagePipelineOutput or tuple
             ``.images``.
         """
-        maps = _as_maps(maps, "maps")
+        cond = self.conditioner
+        maps = cond.prepare_scans(maps, "maps")
         if semantic_source is not None:
-            semantic_source = _as_maps(semantic_source, "semantic_source")
+            semantic_source = cond.prepare_scans(semantic_source, "semantic_source")
         self.check_inputs(maps, semantic_source, latents, output_type, callback_on_step_end_tensor_inputs)
-        gs = self.config.default_guidance_scale if guidance_scale is None else float(guidance_scale)
-        steps = self.config.default_num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+        gs = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
+        steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        gs, steps, alpha, eta, strength, kappa, eta_fg = _check_settings(
+            gs, steps, control_scale, eta, strength, feature_guidance_scale, feature_guidance_strength)
         self._guidance_scale, self._num_timesteps = gs, steps
         start, end = float(control_guidance_start), float(control_guidance_end)
         if not 0.0 <= start < end <= 1.0:
             raise InvalidInputError(f"control_guidance_start={start} and control_guidance_end={end} must satisfy "
                                     "0 <= start < end <= 1.")
-        alphas = [float(control_scale) * (1.0 - float(i / steps < start or (i + 1) / steps > end))
-                  for i in range(steps)]
-        device, dtype, model = self._execution_device, self.dtype, self.neuropictor
-        enc_dtype = next(model.encoder.parameters()).dtype
+        if isinstance(generator, list) and len(generator) != len(maps):
+            raise InvalidInputError(f"{len(generator)} generators for {len(maps)} scans: pass one per scan "
+                                    f"(or a single generator).")
+        device, dtype = self._execution_device, self.dtype
 
-        # 1. S^r once per call (Eq. 1), F^sem of the maps or of the semantic source (Eq. 2-4)
-        tokens = model.encode(maps.to(device, enc_dtype))
-        sem_tokens = tokens if semantic_source is None else model.encode(semantic_source.to(device, enc_dtype))
-        state = {"fmri_tokens": tokens, "semantic_condition": model.semantic_condition(fmri_tokens=sem_tokens),
-                 "latents": None}
+        # 1. the scans, encoded once per call (NeuroPictor: S^r, Eq. 1, and F^sem, Eq. 2-4)
+        state = dict(cond.encode_scans(maps.to(device), None if semantic_source is None
+                                       else semantic_source.to(device)))
+        state["latents"] = None
         uncond = self.empty_prompt_embeds.to(device, dtype).expand(len(maps), -1, -1)
 
-        # 2. initial noise
+        # 2. initial noise, and the clean latents of img2img
         if latents is None:
             latents = randn_tensor(self._latent_shape(len(maps)), generator=generator, device=device,
                                    dtype=torch.float32)
         latents = latents.to(device, torch.float32)
+        if strength < 1.0 and init_latents is None:
+            init_latents = cond.initial_latents(state)
+            if init_latents is None:
+                raise InvalidInputError(f"strength={strength} needs clean latents to start from: pass init_latents, "
+                                        f"or use a method whose conditioner provides them "
+                                        f"({type(cond).__name__} does not).")
+        if init_latents is not None:
+            init_latents = torch.as_tensor(init_latents).to(device, torch.float32)
+            if tuple(init_latents.shape) != tuple(latents.shape):
+                raise InvalidInputError(f"init_latents {tuple(init_latents.shape)} do not match "
+                                        f"{tuple(latents.shape)} (batch, unet.in_channels, latent side).")
+        n_run = steps if init_latents is None else min(steps, int(round(steps * strength)))
+        alphas = [alpha * (1.0 - float(i / n_run < start or (i + 1) / n_run > end)) for i in range(n_run)]
 
-        # 3. ε_θ with the fMRI control in both guidance branches (Eq. 7-8)
+        # 3. the U-Net with what the conditioner hands it at each step
         def noise_fn(x, t, branch, step):
-            tok, sem = state["fmri_tokens"], state["semantic_condition"].to(dtype)
-            if branch == "both":
-                tok, sem = torch.cat([tok, tok]), torch.cat([uncond, sem])
-            elif branch == "uncond":
-                sem = uncond
-            return model.predict_noise(self.unet, x.to(dtype), t, fmri_tokens=tok,
-                                       control_scale=alphas[step], semantic_condition=sem)
+            kw = cond.unet_inputs(state, x.to(dtype), t, branch, step, control_scale=alphas[step],
+                                  uncond_context=uncond)
+            return self.unet(x.to(dtype), t, **kw).sample
+
+        hook = None
+        loss_fn = cond.feature_targets(state) if kappa > 0 else None
+        if kappa > 0 and loss_fn is None:
+            raise InvalidInputError(f"feature_guidance_scale={kappa} but {type(cond).__name__} has no feature "
+                                    f"targets to guide towards; use 0.")
+        if loss_fn is not None:
+            n_guided = int(n_run * eta_fg)
+
+            def hook(i, t, x, out):
+                if i >= n_guided:
+                    return None
+                return _feature_guidance(self.scheduler, x, out, t, loss_fn, kappa)
 
         names = list(callback_on_step_end_tensor_inputs or ())
 
         def callback(i, t, x):
+            if not torch.isfinite(x).all():
+                raise InvalidInputError(f"the latents became non-finite at step {i + 1} of {n_run} (t={int(t)}): "
+                                        f"check the scans' scale and the settings (α={alpha:g}, CFG={gs:g}).")
             state["latents"] = x
             if callback_on_step_end is None:
                 return x
@@ -299,7 +342,8 @@ class BrainToImagePipeline(DiffusionPipeline):
 
         # 4. denoise (shared loop), 5. decode
         z = denoise_latents(self.scheduler, noise_fn, latents, steps, gs, device=device, generator=generator,
-                            eta=eta, callback=callback, progress_bar=self.progress_bar)
+                            eta=eta, init_latents=init_latents, strength=strength if init_latents is not None
+                            else 1.0, step_hook=hook, callback=callback, progress_bar=self.progress_bar)
         if output_type == "latent":
             images = z
         else:
@@ -337,6 +381,56 @@ class BrainToImagePipeline(DiffusionPipeline):
             ``guidance_scale``, ``num_inference_steps`` or ``flatmap`` override the saved defaults.
         """
         return load_reconstructor_folder(cls, directory, device=device, dtype=dtype, **kwargs)
+
+
+def _finite_number(name: str, value, low: float, high: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a number; got {value!r}.") from None
+    if not (low <= v <= high):                       # NaN fails both comparisons
+        raise InvalidInputError(f"{name}={value!r} is outside [{low:g}, {high:g}]; pass a finite value in that range.")
+    return v
+
+
+def _check_settings(gs, steps, alpha, eta, strength, kappa, eta_fg):
+    """The call's scalar settings, refused (named, with the range) before any compute."""
+    if isinstance(steps, bool) or not hasattr(steps, "__index__"):
+        raise InvalidInputError(f"num_inference_steps must be a whole number >= 1; got {steps!r}.")
+    steps = int(steps)
+    if steps < 1:
+        raise InvalidInputError(f"num_inference_steps must be >= 1; got {steps}.")
+    strength = _finite_number("strength", strength, 1e-6, 1.0)
+    if round(steps * strength) < 1:
+        raise InvalidInputError(f"strength={strength:g} with num_inference_steps={steps} runs no step; raise either "
+                                f"so that strength x steps >= 0.5.")
+    return (_finite_number("guidance_scale", gs, 0.0, 50.0), steps,
+            _finite_number("control_scale", alpha, 0.0, 10.0), _finite_number("eta", eta, 0.0, 1.0),
+            strength,
+            _finite_number("feature_guidance_scale", kappa, 0.0, 1e12),
+            _finite_number("feature_guidance_strength", eta_fg, 0.0, 1.0))
+
+
+def _feature_guidance(scheduler, x, out, t, loss_fn, kappa: float):
+    """``out`` moved by ``κ √(1−ᾱ_t) ∇_x L(x̂_0)``, in the units of the scheduler's prediction type.
+
+    The clean-latent estimate ``x̂_0`` (:func:`~brainrecon.diffusion.predict_original_sample`) is
+    differentiated through its dependence on ``x_t`` with the model output held fixed (no second U-Net
+    pass). For ε prediction the shift is added to ε; for v prediction it is converted (``δv = δε / √ᾱ_t``).
+    """
+    with torch.enable_grad():
+        xg = x.detach().float().requires_grad_(True)
+        x0 = predict_original_sample(scheduler, xg, out.detach().float(), t)
+        loss = loss_fn(x0)
+        (grad,) = torch.autograd.grad(loss, xg)
+    ab = scheduler.alphas_cumprod.to(x.device)[int(t)].float()
+    d_eps = kappa * (1 - ab).sqrt() * grad
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return out + d_eps
+    if kind == "v_prediction":
+        return out + d_eps / ab.sqrt()
+    raise InvalidInputError(f"feature guidance needs epsilon or v_prediction, not {kind!r}.")
 
 
 def _encode_empty(text_encoder, tokenizer) -> torch.Tensor:

@@ -1,0 +1,103 @@
+"""The per-method interface of the shared brain→image pipeline: a *conditioner*.
+
+:class:`~brainrecon.sampling.BrainToImagePipeline` runs any method through one denoising loop
+(:mod:`brainrecon.diffusion`); what differs between NeuroPictor, NeuralDiffuser, MindDiffuser and
+Contrast-Attend-Diffuse is only what this interface answers:
+
+* **what input it takes** — :attr:`BrainConditioner.input_kind` (``"flatmap"``: ``(B, C, H, W)`` maps;
+  ``"voxels"``: a subject's ``(B, V)`` response vectors) and :meth:`~BrainConditioner.input_shape`;
+* **how it encodes a scan** — :meth:`~BrainConditioner.encode_scans`, once per call, into a *state*
+  (a dict of tensors; a semantic source's scans give the semantics of the swap);
+* **what it hands the U-Net at each step** — :meth:`~BrainConditioner.unet_inputs`: the cross-attention
+  context (text space), ControlNet-style residuals scaled by α, time-embedding terms
+  (``class_labels``, ``added_cond_kwargs``) — whatever keyword arguments the U-Net takes;
+* **where sampling starts** — :meth:`~BrainConditioner.initial_latents` (img2img: latents decoded
+  from the scan, run at the pipeline's ``strength``; ``None``: pure noise);
+* **what feature guidance pulls towards** — :meth:`~BrainConditioner.feature_targets` (κ, η).
+
+A conditioner is a ``torch.nn.Module`` (normally a diffusers ``ModelMixin``/``ConfigMixin`` with
+``save_pretrained``/``from_pretrained``); the pipeline holds it as its ``conditioner`` component.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import InvalidInputError, check_finite
+
+__all__ = ["BrainConditioner", "INPUT_KINDS"]
+
+INPUT_KINDS = ("flatmap", "voxels")
+
+
+class BrainConditioner:
+    """Mixin that makes a method's model usable by ``BrainToImagePipeline`` (see the module text).
+
+    Subclasses set :attr:`input_kind` and implement :meth:`input_shape`, :meth:`encode_scans` and
+    :meth:`unet_inputs`; :meth:`initial_latents`, :meth:`feature_targets` and
+    :attr:`callback_tensors` have neutral defaults.
+    """
+
+    #: ``"flatmap"`` or ``"voxels"``.
+    input_kind: str = "flatmap"
+    #: names of state tensors a ``callback_on_step_end`` may read and replace (besides ``latents``).
+    callback_tensors: tuple = ()
+
+    def input_shape(self) -> tuple:
+        """Shape of one scan: ``(C, H, W)`` for flatmaps, ``(V,)`` for voxels."""
+        raise NotImplementedError
+
+    def prepare_scans(self, scans, name: str = "maps") -> torch.Tensor:
+        """``scans`` as a float batch of :meth:`input_shape`, refused (named) when it is not one."""
+        if scans is None:
+            raise InvalidInputError(f"{name} is required: {self._describe()}.")
+        x = scans if isinstance(scans, torch.Tensor) else torch.as_tensor(scans)
+        want = tuple(int(s) for s in self.input_shape())
+        if x.ndim == len(want):                          # one scan: a batch of one
+            x = x[None]
+        if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
+            raise InvalidInputError(f"{name} must be {self._describe()}; got {tuple(x.shape)}."
+                                    + (" Project responses with pipe.make_projector().transform(...)."
+                                       if self.input_kind == "flatmap" else ""))
+        if len(x) < 1:
+            raise InvalidInputError(f"{name} is an empty batch; pass at least one scan.")
+        check_finite(x, name)
+        return x.float().contiguous()  # strided views (e.g. expand) would slow every later conv
+
+    def _describe(self) -> str:
+        want = ", ".join(str(int(s)) for s in self.input_shape())
+        what = "flatmaps" if self.input_kind == "flatmap" else "voxel response vectors"
+        return f"{what} of shape (B, {want})"
+
+    def encode_scans(self, scans: torch.Tensor, semantic_source: torch.Tensor | None = None) -> dict:
+        """The state of one pipeline call (tensors computed once, before the denoising loop)."""
+        raise NotImplementedError
+
+    def unet_inputs(self, state: dict, latents: torch.Tensor, timestep, branch: str, step: int,
+                    control_scale: float, uncond_context: torch.Tensor) -> dict:
+        """Keyword arguments of the U-Net call at one step.
+
+        Parameters
+        ----------
+        state : dict
+            :meth:`encode_scans` output (possibly replaced by a step callback).
+        latents : Tensor
+            The U-Net's input at this step; for ``branch="both"`` the batch is ``[uncond; cond]``.
+        timestep
+        branch : {"cond", "uncond", "both"}
+            Classifier-free guidance branch(es).
+        step : int
+            Index of the step among those run.
+        control_scale : float
+            ``α`` at this step (0 outside the control window).
+        uncond_context : Tensor ``(B, L_T, d_T)``
+            The empty caption's text features (the unconditional context).
+        """
+        raise NotImplementedError
+
+    def initial_latents(self, state: dict) -> torch.Tensor | None:
+        """Clean latents img2img starts from (``None``: sampling starts from noise)."""
+        return None
+
+    def feature_targets(self, state: dict) -> dict | None:
+        """Targets of feature guidance (``None``: this method has none)."""
+        return None
