@@ -42,7 +42,7 @@ import torch
 BASE = dict(space="latent", vae="shipped", cond="caption", label_path="context", schedule="scaled_linear",
             prediction="epsilon", channels=(32, 64, 64), attn_levels=(0, 1), layers_per_block=1, lr=1e-3,
             batch=64, min_snr=None, ema=None, pooled_text=False,
-            decoder_noise=0.0, norm_groups=None, whiten=False)
+            decoder_noise=0.0, norm_groups=None, whiten=False, max_objects=3)
 
 #: name -> (factors changed from the parent, parent, what the rung asks).
 RUNGS: dict[str, tuple[dict, str | None, str]] = {
@@ -86,6 +86,8 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
                        channels=(32, 64, 64, 64), attn_levels=(1, 2)), "zero_snr",
                   "zero_snr on a x2 VAE's 16x16x4 latent (same 1,024 numbers), U-Net one level deeper"),
     "v_wider": (dict(channels=(64, 128, 128)), "v_pred", "v_pred with a 2x wider U-Net (5.9 M parameters)"),
+    "v_one_object": (dict(max_objects=1), "v_pred",
+                     "v_pred on a world of one object per scene (training and judged captions; same backgrounds)"),
     "cosine": (dict(schedule="cosine"), "base", "cosine noise schedule"),
     "snr_shift4": (dict(schedule="shift4"), "base",
                    "scaled-linear with every timestep's SNR multiplied by 4 (an 8x8 latent holds far fewer numbers "
@@ -109,14 +111,22 @@ def rung_factors(name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- data
-def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_000):
+def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_000, max_objects: int = 3):
+    """Training scenes (as the package's trainer holds them) and the judged held-out scenes."""
     from brainrecon.backbones.toy import ToyBackboneConfig, make_toy_tokenizer
     from brainrecon.training.toy_backbones import _load_data
     from brainrecon.data.scenes import make_scenes
 
     tok = make_toy_tokenizer()
     data = _load_data(ToyBackboneConfig(n_train=n_train, seed=seed), tok)
-    te = make_scenes(n_eval, image_size=32, seed=heldout_seed)
+    if max_objects != 3:                       # a simpler world: the same grammar, fewer objects per scene
+        sc = make_scenes(n_train, image_size=32, seed=seed, max_objects=max_objects)
+        data.update(images=torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous(), captions=list(sc.captions),
+                    ids=tok(sc.captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids,
+                    category=torch.from_numpy(sc.category), colour=torch.from_numpy(sc.colour),
+                    bbox_frac=torch.from_numpy(sc.bbox).float() / 32)
+    te = make_scenes(n_eval, image_size=32, seed=heldout_seed, max_objects=max_objects)
     return data, te
 
 
@@ -268,6 +278,9 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     from brainrecon.metrics.backbones import attribute_accuracy
 
     f = rung_factors(name)
+    if f["max_objects"] != 3:
+        data, te = load_world(len(data["images"]), len(te.images), heldout_seed=args.heldout_seed,
+                              max_objects=f["max_objects"])
     torch.manual_seed(0)
     t_start = time.perf_counter()
     images = data["images"]
