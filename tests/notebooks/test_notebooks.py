@@ -44,7 +44,7 @@ def _execute(nb, out_path: Path, parameters: dict, cwd: Path) -> None:
     import papermill
     papermill.execute_notebook(nb, str(out_path), parameters=parameters, kernel_name="python3",
                                progress_bar=False, cwd=str(cwd), execution_timeout=CELL_TIMEOUT_S,
-                               start_timeout=180, interrupt_on_timeout=True,
+                               start_timeout=180, interrupt_on_timeout=True, shutdown_kernel="immediate",
                                error_on_timeout={"ename": "CellTimeoutError", "traceback": [],
                                                  "evalue": f"no reply after {CELL_TIMEOUT_S} s"})
 
