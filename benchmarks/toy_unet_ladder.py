@@ -42,7 +42,7 @@ import torch
 BASE = dict(space="latent", vae="shipped", cond="caption", label_path="context", schedule="scaled_linear",
             prediction="epsilon", channels=(32, 64, 64), attn_levels=(0, 1), layers_per_block=1, lr=1e-3,
             batch=64, min_snr=None, ema=None, pooled_text=False,
-            decoder_noise=0.0, norm_groups=None, whiten=False, max_objects=3)
+            decoder_noise=0.0, norm_groups=None, whiten=False, max_objects=3, label_place=False, coords=False)
 
 #: name -> (factors changed from the parent, parent, what the rung asks).
 RUNGS: dict[str, tuple[dict, str | None, str]] = {
@@ -86,6 +86,10 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
                        channels=(32, 64, 64, 64), attn_levels=(1, 2)), "zero_snr",
                   "zero_snr on a x2 VAE's 16x16x4 latent (same 1,024 numbers), U-Net one level deeper"),
     "v_wider": (dict(channels=(64, 128, 128)), "v_pred", "v_pred with a 2x wider U-Net (5.9 M parameters)"),
+    "v_label_place": (dict(cond="label", label_path="context", label_place=True), "v_pred",
+                      "v_pred conditioned on the true main-object category, colour and place (3 context tokens): "
+                      "an oracle text encoder"),
+    "v_coords": (dict(coords=True), "v_pred", "v_pred with x, y coordinate channels beside the latent (CoordConv)"),
     "v_one_object": (dict(max_objects=1), "v_pred",
                      "v_pred on a world of one object per scene (training and judged captions; same backgrounds)"),
     "cosine": (dict(schedule="cosine"), "base", "cosine noise schedule"),
@@ -250,14 +254,37 @@ class Whitening:
 
 
 class LabelContext(torch.nn.Module):
-    """The true main-object labels as conditioning: 2 context tokens, or an 18-d one-hot vector."""
+    """The true main-object labels as conditioning: 2 (or, with place, 3) context tokens, or an 18-d one-hot."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.cat, self.col = torch.nn.Embedding(11, dim), torch.nn.Embedding(9, dim)   # last index: "none"
+        self.place = torch.nn.Embedding(10, dim)                                      # 3x3 grid + "none"
 
-    def tokens(self, cat, col):
-        return torch.stack([self.cat(cat), self.col(col)], 1)
+    def tokens(self, cat, col, place=None):
+        toks = [self.cat(cat), self.col(col)] + ([] if place is None else [self.place(place)])
+        return torch.stack(toks, 1)
+
+
+def place_index(bbox_frac) -> torch.Tensor:
+    """The 3x3 grid cell (row * 3 + column) of each box's centre, boxes as fractions of the side."""
+    b = torch.as_tensor(np.asarray(bbox_frac, np.float32))
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    return (torch.clamp((cy * 3).long(), 0, 2) * 3 + torch.clamp((cx * 3).long(), 0, 2)).long()
+
+
+class CoordUNet(torch.nn.Module):
+    """A U-Net that sees two coordinate channels (x, y in [-1, 1]) beside its input (CoordConv)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.inner = unet
+
+    def forward(self, x, t, **kw):
+        n, _, h, w = x.shape
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        grid = torch.stack([xs, ys])[None].expand(n, -1, -1, -1).to(x.dtype)
+        return self.inner(torch.cat([x, grid], 1), t, **kw)
 
 
 def onehot(cat, col):
@@ -318,33 +345,40 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     text = CLIPTextModelWithProjection.from_pretrained(TOY_WEIGHTS_DIR / "text_encoder").eval().requires_grad_(False)
     width = text.config.hidden_size
     unet = make_denoiser(f, in_ch, side, width)
+    if f["coords"]:
+        from diffusers import UNet2DConditionModel
+
+        cfg = dict(unet.config)
+        cfg["in_channels"] = in_ch + 2
+        unet = CoordUNet(UNet2DConditionModel.from_config(cfg))
     labels = LabelContext(width)
     model = torch.nn.ModuleDict({"unet": unet, "labels": labels})
     train_s, sample_s = make_schedulers(f)
     ids, empty = data["ids"], data["empty_ids"]
     cat, col = data["category"].long(), data["colour"].long()
+    pla, pla_te = place_index(data["bbox_frac"]), place_index(np.asarray(te.bbox, np.float32) / 32)
     rng_pick = lambda step: np.random.default_rng([0, 4, step]).integers(0, len(x0_all), f["batch"])
     ac = train_s.alphas_cumprod
 
-    def context(m, t_ids, c, k):
+    def context(m, t_ids, c, k, pl=None):
         """(encoder_hidden_states, class_labels) of a batch; dropped rows carry the null condition."""
         if f["cond"] == "caption":
             with torch.no_grad():
                 return text(t_ids).last_hidden_state, None
         if f["label_path"] == "class_embed":
             return torch.zeros(len(c), 1, width), onehot(c, k)
-        return m["labels"].tokens(c, k), None
+        return m["labels"].tokens(c, k, pl if f["label_place"] else None), None
 
     def batches(step):
         i = rng_pick(step)
-        return x0_all[i], ids[i], cat[i], col[i]
+        return x0_all[i], ids[i], cat[i], col[i], pla[i]
 
     def loss_fn(m, batch, step):
-        z, t_ids, c, k = batch
+        z, t_ids, c, k, pl = batch
         drop = torch.rand(len(z)) < 0.1
         t_ids = torch.where(drop[:, None], empty[None], t_ids)
-        c, k = torch.where(drop, 10, c), torch.where(drop, 8, k)
-        ehs, cl = context(m, t_ids, c, k)
+        c, k, pl = torch.where(drop, 10, c), torch.where(drop, 8, k), torch.where(drop, 9, pl)
+        ehs, cl = context(m, t_ids, c, k, pl)
         noise = torch.randn_like(z)
         t = torch.randint(0, 1000, (len(z),))
         xt = train_s.add_noise(z, noise, t)
@@ -366,8 +400,8 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         tok = data["tokenizer"]
         t_ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
-        cond = context(m, t_ids, c, k)
-        unc = context(m, empty[None].expand(n, -1), torch.full((n,), 10), torch.full((n,), 8))
+        cond = context(m, t_ids, c, k, pla_te[:n])
+        unc = context(m, empty[None].expand(n, -1), torch.full((n,), 10), torch.full((n,), 8), torch.full((n,), 9))
 
         def noise_fn(xin, t, branch, step):
             parts = {"cond": [cond], "uncond": [unc], "both": [unc, cond]}[branch]
@@ -399,7 +433,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         tok = data["tokenizer"]
         t_ids = tok(list(te.captions[:len(z_te)]), padding="max_length", max_length=tok.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
-        ehs, cl = context(m, t_ids, torch.as_tensor(te.category).long(), torch.as_tensor(te.colour).long())
+        ehs, cl = context(m, t_ids, torch.as_tensor(te.category).long(), torch.as_tensor(te.colour).long(), pla_te)
         g = torch.Generator().manual_seed(2)
         ab = train_s.alphas_cumprod
         out = {"mean_baseline": round(float(((z_te - z_te.mean(0)) ** 2).mean()), 4)}
@@ -471,7 +505,8 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         steps = sorted(int(c.stem.split("-")[1]) for c in src.glob("denoiser-*.safetensors"))
         eval_at[:] = [s_ for s_ in steps if args.rescore or s_ in eval_at]
         for step in eval_at:
-            model.load_state_dict(load_file(str(src / f"denoiser-{step}.safetensors")))
+            model.load_state_dict(load_file(str(src / f"denoiser-{step}.safetensors")),
+                                  strict=False)             # checkpoints from before LabelContext.place
             cb(step, {})
         return finish()
     cfg = FitConfig(max_steps=eval_at[-1], lr=f["lr"], warmup_steps=100, lr_schedule="constant", grad_clip=1.0,
