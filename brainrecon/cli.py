@@ -2,7 +2,8 @@
 
 Every subcommand is a thin wrapper over a public function, so anything the command line
 does can also be done (and explored) from Python or a notebook. Imports are lazy so that
-``brainrecon --help`` answers at once.
+``brainrecon --help`` answers at once. Every argument is checked before any work starts; a
+bad one prints brainrecon's message (what is wrong, how to fix it) and exits with code 2.
 """
 from __future__ import annotations
 
@@ -192,7 +193,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+#: Flatmap sides ``brainrecon toyworld --resolution`` accepts (as its help says).
+TOYWORLD_RESOLUTIONS = (64, 256)
+
+
+def _check_seed(seed) -> None:
+    from .errors import check_range
+
+    if seed is not None:
+        check_range("--seed", seed, 0)
+
+
 def _cmd_toyworld(args) -> int:
+    from .errors import check_range
+    from .io import check_output_dir
+
+    check_range("--resolution", args.resolution, *TOYWORLD_RESOLUTIONS)
+    _check_seed(args.seed)
+    check_output_dir(args.out, "--out")
     from .data.toyworld import ToyWorldConfig, make_toyworld, save_toyworld
     from .plotting import write_toyworld_overview
 
@@ -249,6 +267,10 @@ def _cmd_backbones(args) -> int:
     if args.backbones_command != "train":
         build_parser().parse_args(["backbones", "--help"])
         return 0
+    from .io import check_output_dir
+
+    _check_seed(args.seed)
+    check_output_dir(args.out, "--out")
     from .backbones.toy import ToyBackboneConfig
     from .training.toy_backbones import train_toy_backbones
 
@@ -306,13 +328,32 @@ def _serve(cmd: list[str], print_command: bool) -> int:
         return 0
 
 
+def _check_port(port) -> None:
+    from .errors import check_range
+
+    check_range("--port", port, 1024, 65535)
+
+
 def _cmd_lab(args) -> int:
+    _check_port(args.port)
     from .servers import lab_command
 
     return _serve(lab_command(port=args.port), args.print_command)
 
 
 def _cmd_explore(args) -> int:
+    from .errors import DataNotFoundError, check_range
+    from .io import check_output_dir
+
+    _check_port(args.port)
+    check_range("--n-test", args.n_test, 1)
+    if args.steps is not None:
+        check_range("--steps", args.steps, 1)
+    for path in args.reconstructor or []:
+        if not Path(path).expanduser().is_dir():
+            raise DataNotFoundError(f"the --reconstructor folder {path!r}", [Path(path).expanduser()],
+                                    data_card="neuropictor_toy.md")
+    check_output_dir(args.out, "--out")
     from .servers import explorer_command
 
     params = {"RECONSTRUCTORS": args.reconstructor or [None], "N_TEST": args.n_test}

@@ -6,6 +6,7 @@ callers can catch them together, and from the matching builtin (``FileNotFoundEr
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -16,6 +17,10 @@ __all__ = [
     "CheckpointError",
     "check_finite",
     "check_choice",
+    "check_range",
+    "check_device",
+    "unreadable_file",
+    "reading",
 ]
 
 DATA_CARDS_HINT = "data_cards/"
@@ -101,3 +106,116 @@ def check_choice(name: str, value, choices: Sequence) -> None:
     """Raise a two-line error if ``value`` is not one of ``choices``."""
     if value not in choices:
         raise InvalidInputError(f"'{name}' must be one of {tuple(choices)}.\n{value!r} was provided.")
+
+
+def check_range(name: str, value, low=None, high=None, kind=int):
+    """Refuse a number outside ``[low, high]`` (either bound optional) or of the wrong kind.
+
+    Parameters
+    ----------
+    name : str
+        How the user spells it, e.g. ``"--n-test"`` or ``"n_test"``.
+    value : int or float
+    low, high : number, optional
+        Inclusive bounds.
+    kind : {int, float}
+        ``int`` refuses floats and booleans; ``float`` takes any real number.
+
+    Returns
+    -------
+    int or float
+        ``value`` as ``kind``.
+
+    Raises
+    ------
+    InvalidInputError
+    """
+    import numbers
+
+    ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+    if ok and kind is float and value != value:          # NaN
+        ok = False
+    if ok and ((low is not None and value < low) or (high is not None and value > high)):
+        ok = False
+    if not ok:
+        span = (f" in {low}..{high}" if low is not None and high is not None else
+                f" >= {low}" if low is not None else f" <= {high}" if high is not None else "")
+        raise InvalidInputError(f"'{name}' must be {'an integer' if kind is int else 'a number'}{span}; "
+                                f"{value!r} was provided.")
+    return kind(value)
+
+
+def check_device(device):
+    """The ``torch.device`` that ``device`` names, refused if this machine does not have it.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``None`` means the CPU.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown device string, an accelerator that is not available, or a CUDA index
+        past the last GPU.
+    """
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InvalidInputError(f"'device' must be a torch device such as 'cpu', 'cuda' or 'cuda:0'; "
+                                f"{device!r} was provided ({err}).") from None
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch.backends, dev.type, None) if dev.type == "mps" else getattr(torch, dev.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise InvalidInputError(f"device {str(device)!r} is not available on this machine (torch {torch.__version__}"
+                                f" sees no {dev.type} device). Pass device='cpu', or run where that device exists.")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise InvalidInputError(f"device {str(device)!r} does not exist: this machine has {count()} {dev.type} "
+                                f"device(s), {dev.type}:0..{dev.type}:{count() - 1}. Pass one of those, or 'cpu'.")
+    return dev
+
+
+def unreadable_file(path, err: BaseException, fix: str) -> "CheckpointError":
+    """A :class:`CheckpointError` for a file that exists but cannot be read.
+
+    Parameters
+    ----------
+    path : path-like
+        The file (named in the message).
+    err : exception
+        What the reading library raised (its type and text are quoted).
+    fix : str
+        One sentence on what to do, e.g. ``"Download it again."``.
+    """
+    return CheckpointError(f"{path} could not be read: it is truncated, corrupt or not the expected format "
+                           f"({type(err).__name__}: {err}). {fix}")
+
+
+@contextlib.contextmanager
+def reading(path, fix: str):
+    """Turn any failure of the library reading ``path`` into :func:`unreadable_file`'s error.
+
+    brainrecon's own errors (shape checks inside the block) and ``MemoryError`` pass through unchanged.
+
+    Examples
+    --------
+    >>> with reading("cfg.json", "Write it again."):   # doctest: +SKIP
+    ...     cfg = json.loads(Path("cfg.json").read_text())
+    """
+    try:
+        yield
+    except (BrainreconError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - every reader (h5py, nibabel, scipy, json, safetensors) has its own
+        raise unreadable_file(path, err, fix) from err

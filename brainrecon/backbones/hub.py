@@ -15,7 +15,6 @@ Conventions of the helpers
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ..diffusion import denoise_latents
-from ..errors import CheckpointError, DataNotFoundError
+from ..errors import CheckpointError, DataNotFoundError, check_device
+from ..io import check_safetensors, read_json
 
 __all__ = ["Backbone", "load_backbone", "TOY_WEIGHTS_DIR", "REQUIRED_PARTS", "OPTIONAL_PARTS"]
 
@@ -35,7 +35,12 @@ TOY_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "toy"
 REQUIRED_PARTS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
                   "tokenizer": None, "scheduler": "scheduler_config.json"}
 OPTIONAL_PARTS = ("image_encoder", "attribute_classifier", "attribute_classifier_b")
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+#: A tokenizer folder is complete with any of these sets: a fast ``tokenizer.json``, or CLIP's BPE files.
+_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+#: Parts whose weights are loaded (each must hold complete safetensors).
+_WEIGHTED = ("unet", "vae", "text_encoder", "image_encoder", "attribute_classifier", "attribute_classifier_b")
+_FIX = ("Copy that part again from the folder it came from, or re-save it with save_pretrained "
+        "(toy parts: `brainrecon backbones train`).")
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -312,7 +317,7 @@ def _check_parts(path: Path) -> None:
         if not d.is_dir():
             missing.append(d)
         elif part == "tokenizer":
-            if not any((d / f).is_file() for f in _TOKENIZER_FILES):
+            if not any(all((d / f).is_file() for f in files) for files in _TOKENIZER_FILES):
                 missing.append(d / "tokenizer.json")
         elif not (d / marker).is_file():
             missing.append(d / marker)
@@ -321,13 +326,18 @@ def _check_parts(path: Path) -> None:
         raise DataNotFoundError(f"Stable Diffusion part(s) {names} of {path}", missing,
                                 data_card="toy_backbones.md",
                                 hint="A backbone folder needs unet/ vae/ text_encoder/ tokenizer/ scheduler/ "
-                                     "(diffusers' save_pretrained layout); image_encoder/ is optional.")
+                                     "(diffusers' save_pretrained layout); image_encoder/ is optional. A tokenizer "
+                                     "needs tokenizer.json (fast) or vocab.json + merges.txt (CLIP BPE); save it "
+                                     "with tokenizer.save_pretrained(folder / 'tokenizer').")
+    for part in _WEIGHTED:
+        if (path / part / "config.json").is_file():
+            check_safetensors(path / part, f"the {part} part", _FIX)
 
 
 def _transformers_class(folder: Path, allowed: tuple, default: str):
     import transformers
 
-    arch = (json.loads((folder / "config.json").read_text()).get("architectures") or [default])[0]
+    arch = (read_json(folder / "config.json", _FIX).get("architectures") or [default])[0]
     return getattr(transformers, arch if arch in allowed else default)
 
 
@@ -354,24 +364,34 @@ def load_backbone(name_or_path="toy", device=None, dtype: torch.dtype | None = N
 
     Raises
     ------
+    InvalidInputError
+        ``device`` is not available on this machine.
     DataNotFoundError
         The folder, one of its required parts, or the hub model is missing; the message
         names every missing path.
+    CheckpointError
+        A file is truncated or corrupt (named), or a part has only pickled weights: only
+        safetensors are loaded (``use_safetensors=True``), a pickle is never opened.
     """
     import diffusers
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoTokenizer
 
+    device = check_device(device)
     path = _resolve(name_or_path)
     _check_parts(path)
+    meta = read_json(path / "backbone.json", "Write it again (it holds JSON settings such as guidance_scale), "
+                     "or delete it to use the defaults.") if (path / "backbone.json").is_file() else {}
+    sched_cfg = read_json(path / "scheduler" / "scheduler_config.json",
+                          "Re-save the scheduler with scheduler.save_pretrained(folder / 'scheduler').")
+    safe = dict(use_safetensors=True)   # never fall back to pickled .bin weights
     try:
-        unet = UNet2DConditionModel.from_pretrained(path / "unet")
-        vae = AutoencoderKL.from_pretrained(path / "vae")
+        unet = UNet2DConditionModel.from_pretrained(path / "unet", **safe)
+        vae = AutoencoderKL.from_pretrained(path / "vae", **safe)
         te_cls = _transformers_class(path / "text_encoder", ("CLIPTextModel", "CLIPTextModelWithProjection"),
                                      "CLIPTextModel")
-        text_encoder = te_cls.from_pretrained(path / "text_encoder")
+        text_encoder = te_cls.from_pretrained(path / "text_encoder", **safe)
         tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
-        sched_cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
         sched_cls = getattr(diffusers, sched_cfg.get("_class_name", "DDIMScheduler"), diffusers.DDIMScheduler)
         scheduler = sched_cls.from_pretrained(path / "scheduler")
         image_encoder = None
@@ -379,16 +399,17 @@ def load_backbone(name_or_path="toy", device=None, dtype: torch.dtype | None = N
             ie_cls = _transformers_class(path / "image_encoder",
                                          ("CLIPVisionModel", "CLIPVisionModelWithProjection"),
                                          "CLIPVisionModelWithProjection")
-            image_encoder = ie_cls.from_pretrained(path / "image_encoder")
+            image_encoder = ie_cls.from_pretrained(path / "image_encoder", **safe)
         judges = {}
         for name in ("attribute_classifier", "attribute_classifier_b"):
             if (path / name / "config.json").is_file():
                 from .attributes import AttributeClassifier
 
-                judges[name] = AttributeClassifier.from_pretrained(path / name)
+                judges[name] = AttributeClassifier.from_pretrained(path / name, **safe)
+    except CheckpointError:
+        raise
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"could not load the backbone in {path}: {e}") from e
-    meta = json.loads((path / "backbone.json").read_text()) if (path / "backbone.json").is_file() else {}
     bb = Backbone(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
                   image_encoder=image_encoder, path=path, metadata=meta, **judges)
-    return bb.to(device=device or "cpu", dtype=dtype).eval()
+    return bb.to(device=device, dtype=dtype).eval()

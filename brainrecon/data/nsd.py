@@ -169,8 +169,9 @@ def load_nsd(root=None, subject=1, space: str = "func1pt8mm", *, n_sessions=None
     nonfinite : {"raise", "zero"}
         NaN/Inf betas raise an error, or count as missing (ignored by the z-score statistics,
         then set to 0; NSD's fsaverage files use NaN for missing data).
-    dtype : numpy dtype
-        Of the returned betas.
+    dtype : numpy floating dtype
+        Of the returned betas (``float16``/``32``/``64``; integer types, which would truncate
+        z-scores to a few values, are refused).
     progress : bool, optional
         tqdm bar over sessions (None: automatic).
 
@@ -185,6 +186,7 @@ def load_nsd(root=None, subject=1, space: str = "func1pt8mm", *, n_sessions=None
     check_choice("volume_format", volume_format, ("auto", *_VOLUME_FORMATS))
     check_choice("nonfinite", nonfinite, ("raise", "zero"))
     check_choice("captions", captions, ("auto", True, False))
+    dtype = _float_dtype(dtype)
     root = resolve_nsd_root(root)
     subject = parse_nsd_subject(subject)
     table = nsd_trial_table(root, subject, n_sessions=n_sessions, sessions=sessions)
@@ -244,6 +246,20 @@ def load_nsd(root=None, subject=1, space: str = "func1pt8mm", *, n_sessions=None
         trial_ids=trial_ids, trials=table.reset_index(drop=True), root=root, average=average,
         zscored=bool(zscore), beta_version=version, vertices=reader.vertices,
         voxel_mask=reader.voxel_mask, affine=reader.affine, captions=caps)
+
+
+def _float_dtype(dtype) -> np.dtype:
+    """``dtype`` as a numpy floating dtype; anything else is refused (it would truncate the betas)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        given = dt.name if dt is not None else repr(dtype)
+        raise InvalidInputError(f"'dtype' must be a floating type (np.float32, np.float64 or np.float16); {given} "
+                                "was provided. Betas are fractions (z-scores lie mostly within -3..3): an integer "
+                                "type would truncate them. Cast the result yourself if you must.")
+    return dt
 
 
 def _zscore(x: np.ndarray, stats: np.ndarray) -> np.ndarray:

@@ -10,9 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DataNotFoundError, InvalidInputError
+from ..errors import DataNotFoundError, InvalidInputError, reading
 from .fsaverage import N_VERTICES_FSAVERAGE, N_VERTICES_FSAVERAGE5
-from .nsd_layout import _CARD, _VOLUME_FORMATS, NSD_BETA_SCALE, NSD_TRIALS_PER_SESSION
+from .nsd_layout import _CARD, _FIX, _VOLUME_FORMATS, NSD_BETA_SCALE, NSD_TRIALS_PER_SESSION
 
 __all__ = ["read_mgh_betas"]
 
@@ -55,8 +55,9 @@ class _VolumeReader:
                 missing.append(mpath)
                 m = None
             else:
-                img = nib.load(mpath)
-                m, self.affine = np.asanyarray(img.dataobj), img.affine
+                with reading(mpath, _FIX if self.user_mask is None else "Write the mask again (nib.save)."):
+                    img = nib.load(mpath)
+                    m, self.affine = np.asanyarray(img.dataobj), img.affine
         fmts = list(_VOLUME_FORMATS) if self.format == "auto" else [self.format]
         for s in sessions:
             tried = [self.p.betas(self.subject, self.space, s, self.version, f) for f in fmts]
@@ -75,9 +76,16 @@ class _VolumeReader:
             raise InvalidInputError(f"The {self.space} mask must be 3-D; it has shape {m.shape}.")
         self.voxel_mask = m > 0
         self.index = np.flatnonzero(self.voxel_mask)
-        if self.affine is None:
-            self.affine = nib.load(found[sessions[0]][0]).affine \
-                if str(found[sessions[0]][0]).endswith(".nii.gz") else None
+        if self.index.size == 0:
+            source = ("the mask= array" if self.user_mask is not None and not isinstance(
+                self.user_mask, (str, os.PathLike)) else str(mpath))
+            raise InvalidInputError(
+                f"{source} selects no voxels (no value > 0 in its {m.shape} grid), so there would be no betas "
+                "to read. Pass a mask with at least one voxel > 0, or another ROI with roi=... .")
+        first = found[sessions[0]][0]
+        if self.affine is None and str(first).endswith(".nii.gz"):
+            with reading(first, _FIX):
+                self.affine = nib.load(first).affine
         return found
 
     def _check_shape(self, path, spatial, n_trials):
@@ -90,9 +98,10 @@ class _VolumeReader:
 
     def read(self, files, session):
         (path,) = files
-        if str(path).endswith(".nii.gz"):
-            return self._read_nifti(path)
-        return self._read_hdf5(path)
+        with reading(path, _FIX):
+            if str(path).endswith(".nii.gz"):
+                return self._read_nifti(path)
+            return self._read_hdf5(path)
 
     def _read_nifti(self, path):
         import nibabel as nib
@@ -155,7 +164,8 @@ class _SurfaceReader:
             for h in ("lh", "rh"):
                 q = self.p.roi(self.subject, "fsaverage", self.roi, hemi=h)
                 if q.is_file():
-                    labels.append(np.asarray(nib.load(q).dataobj).ravel())
+                    with reading(q, _FIX):
+                        labels.append(np.asarray(nib.load(q).dataobj).ravel())
                 else:
                     missing.append(q)
         if missing:
@@ -163,7 +173,9 @@ class _SurfaceReader:
                 f"NSD fsaverage data ({self.version}) for subj{self.subject:02d}, sessions "
                 f"{_ranges(sessions)}", missing, data_card=_CARD,
                 hint="Read fewer sessions with sessions=[...] or n_sessions=.")
-        n = self._n_vertices(found[sessions[0]][0], nib.load(found[sessions[0]][0]).shape)
+        first = found[sessions[0]][0]
+        with reading(first, _FIX):
+            n = self._n_vertices(first, nib.load(first).shape)
         self.n_keep = min(self.n_keep, n)
         keep = []
         for i, lab in enumerate(labels or [None, None]):
@@ -175,6 +187,11 @@ class _SurfaceReader:
                         f"has {lab.size} vertices; the betas need {self.n_keep}.")
                 idx = np.flatnonzero(lab[:self.n_keep] > 0)
             keep.append(idx)
+        if sum(k.size for k in keep) == 0:
+            raise InvalidInputError(
+                f"The fsaverage ROI {self.roi!r} selects no vertices (no label value > 0 in "
+                f"{self.p.roi(self.subject, 'fsaverage', self.roi, hemi='lh')} or rh), so there would be no "
+                "betas to read. Pass another roi=..., or roi=None for every vertex.")
         self.keep = keep
         self.vertices = np.concatenate([keep[0], keep[1] + self.n_keep])
         return found
@@ -205,14 +222,15 @@ def read_mgh_betas(path, n_keep: int = N_VERTICES_FSAVERAGE5,
     """
     import nibabel as nib
 
-    img = nib.load(path)
-    n = _SurfaceReader._n_vertices(path, img.shape)
-    if n_keep > n:
-        raise InvalidInputError(f"{path} has {n} vertices; {n_keep} were asked for.")
-    if n_trials is not None:
-        _check_trials(int(img.shape[-1]), path)
-    data = np.asarray(img.dataobj[:n_keep]).reshape(n_keep, -1)
-    return np.ascontiguousarray(_scale(data, img.header.get_data_dtype()).T)
+    with reading(path, _FIX):
+        img = nib.load(path)
+        n = _SurfaceReader._n_vertices(path, img.shape)
+        if n_keep > n:
+            raise InvalidInputError(f"{path} has {n} vertices; {n_keep} were asked for.")
+        if n_trials is not None:
+            _check_trials(int(img.shape[-1]), path)
+        data = np.asarray(img.dataobj[:n_keep]).reshape(n_keep, -1)
+        return np.ascontiguousarray(_scale(data, img.header.get_data_dtype()).T)
 
 
 def _ranges(values: Sequence[int]) -> str:

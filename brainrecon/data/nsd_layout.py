@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataNotFoundError, InvalidInputError
+from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, reading
 
 __all__ = [
     "NSD_SESSIONS_COMPLETED", "NSD_TRIALS_PER_SESSION", "NSD_SPACES", "NSD_BETA_SCALE",
@@ -35,6 +35,8 @@ ZSCORE_EPS = 1e-6
 _RUN_LENGTHS = np.array([63, 62] * 6)
 _VOLUME_FORMATS = {"nii.gz": ".nii.gz", "hdf5": ".hdf5", "mat": ".mat"}
 _CARD = "nsd.md"
+#: What to do about an NSD file that cannot be read.
+_FIX = "Replace it with the official file (download it again; data_cards/nsd.md gives its place)."
 
 
 # ----------------------------------------------------------------------------- paths
@@ -43,10 +45,16 @@ def resolve_nsd_root(root=None) -> Path:
 
     Raises
     ------
+    InvalidInputError
+        If ``root`` is not a path (str or ``os.PathLike``).
     DataNotFoundError
         If neither is given, or the folder lacks ``nsddata/experiments/nsd/nsd_expdesign.mat``.
     """
     source = "root argument"
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise InvalidInputError(f"'root' must be the NSD folder as a path (str or pathlib.Path); {root!r} "
+                                f"({type(root).__name__}) was provided. Pass root='/path/to/nsd' or set "
+                                "$BRAINRECON_NSD.")
     if root is None and os.environ.get("BRAINRECON_NSD"):
         root, source = os.environ["BRAINRECON_NSD"], "$BRAINRECON_NSD"
     if root is None:
@@ -159,9 +167,11 @@ def nsd_trial_table(root=None, subject=1, n_sessions=None, sessions=None):
     root = resolve_nsd_root(root)
     subject = parse_nsd_subject(subject)
     sess = _sessions(subject, n_sessions, sessions)
-    d = loadmat(nsd_paths(root).expdesign, variable_names=("masterordering", "subjectim"))
-    order = np.asarray(d["masterordering"]).ravel().astype(np.int64)
-    subjectim = np.asarray(d["subjectim"]).astype(np.int64)
+    path = nsd_paths(root).expdesign
+    with reading(path, _FIX):
+        d = loadmat(path, variable_names=("masterordering", "subjectim"))
+        order = np.asarray(d["masterordering"]).ravel().astype(np.int64)
+        subjectim = np.asarray(d["subjectim"]).astype(np.int64)
     if subjectim.shape != (8, 10000) or order.size < max(sess) * NSD_TRIALS_PER_SESSION:
         raise InvalidInputError(
             f"{nsd_paths(root).expdesign} has masterordering of length {order.size} and subjectim of "
@@ -195,7 +205,9 @@ def load_nsd_images(root, image_ids) -> np.ndarray:
     if not path.is_file():
         raise DataNotFoundError("The NSD stimuli (nsd_stimuli.hdf5)", [path], data_card=_CARD)
     ids = np.asarray(image_ids, dtype=np.int64).ravel()
-    with h5py.File(path, "r") as f:
+    with reading(path, _FIX), h5py.File(path, "r") as f:
+        if "imgBrick" not in f:
+            raise CheckpointError(f"{path} has no dataset 'imgBrick' (found {list(f)}). {_FIX}")
         ds = f["imgBrick"]
         if ds.ndim != 4 or ds.shape[-1] != 3:
             raise InvalidInputError(f"{path}:imgBrick has shape {ds.shape}; expected (73000, H, W, 3).")
@@ -225,7 +237,12 @@ def load_nsd_captions(root, image_ids, required: bool = False):
             raise DataNotFoundError("NSD stimulus info (for COCO captions)", [p.stim_info],
                                     data_card=_CARD)
         return None
-    info = pd.read_csv(p.stim_info, usecols=["nsdId", "cocoId", "cocoSplit"]).set_index("nsdId")
+    with reading(p.stim_info, _FIX):
+        info = pd.read_csv(p.stim_info, usecols=["nsdId", "cocoId", "cocoSplit"]).set_index("nsdId")
+    absent = np.setdiff1d(ids, info.index.to_numpy())
+    if absent.size:
+        raise CheckpointError(f"{p.stim_info} has no rows for {absent.size} of the 73k ids asked for (first "
+                              f"{absent[:5].tolist()}); NSD's file has all 73,000 (truncated?). {_FIX}")
     rows = info.reindex(ids)
     splits = sorted(set(rows["cocoSplit"].dropna()))
     present = {s: p.captions(s) for s in splits if p.captions(s).is_file()}
@@ -240,7 +257,8 @@ def load_nsd_captions(root, image_ids, required: bool = False):
                       "their images get no captions.", stacklevel=2)
     by_coco: dict[int, list[str]] = {}
     for path in present.values():
-        with open(path, encoding="utf-8") as f:
+        with reading(path, "Replace it with COCO's file (annotations_trainval2017.zip)."), \
+                open(path, encoding="utf-8") as f:
             for a in json.load(f).get("annotations", []):
                 by_coco.setdefault(int(a["image_id"]), []).append(str(a["caption"]).strip())
     out = []

@@ -86,6 +86,18 @@ class ToyWorldConfig:
         """Total number of scenes: shared test set plus every subject's training images."""
         return self.n_test + self.n_subjects * self.n_train
 
+    @property
+    def subject_ids(self) -> list[str]:
+        """The ids of the world's subjects (``subj01``...), known before the world is built."""
+        return [f"subj{s + 1:02d}" for s in range(int(self.n_subjects))]
+
+    def check_subject(self, subject: str, name: str = "subject") -> str:
+        """``subject`` if it is one of :attr:`subject_ids`; else an InvalidInputError listing them."""
+        if subject not in self.subject_ids:
+            raise InvalidInputError(f"'{name}' must be one of this toy world's subjects "
+                                    f"({', '.join(self.subject_ids)}); {subject!r} was provided.")
+        return subject
+
 
 @dataclass(frozen=True, eq=False)
 class ToySubject:
@@ -307,7 +319,7 @@ def _make_subject(cfg, s: int, world_area, group, feats, images) -> ToySubject:
     rho = cfg.shared_noise
     noise = (np.sqrt(1 - rho) * eps + np.sqrt(rho) * shared) * vsd.astype(np.float32)
     responses = (signal[pos] + noise).astype(np.float32)
-    return ToySubject(id=f"subj{s + 1:02d}", vertices=vertices, area=area.copy(),
+    return ToySubject(id=cfg.subject_ids[s], vertices=vertices, area=area.copy(),
                       responses=responses, trial_image=trial_image.astype(np.int64),
                       train_images=images[images >= cfg.n_test], test_images=np.arange(cfg.n_test),
                       gain=gain, noise_sd=noise_factor, vertex_noise_sd=vsd, model=model)

@@ -18,16 +18,16 @@ from .brain import (RidgeEncodingModel, brain_correlation, brain_correlation_per
                     toy_regions)
 from .identification import (correlation_distance, correlation_distance_per_image, mean_ci, n_way_top_k,
                              n_way_top_k_per_image, two_way, two_way_pairwise, two_way_per_image)
-from .lowlevel import PROTOCOLS, as_tensor, pixcorr, pixcorr_per_image, resize, ssim, ssim_per_image
+from .lowlevel import PROTOCOLS, as_tensor, as_uint8, pixcorr, pixcorr_per_image, resize, ssim, ssim_per_image
 from .networks import (FEATURE_NAMES, NETWORKS, NetworkSpec, RealFeatureSet, ToyFeatureSet, find_weights,
                        load_state_dict, make_feature_set, register_network)
 from .plotting import plot_metrics, plot_reconstruction_grid
-from .results import Results, load_results, make_degraded_results, save_results
+from .results import Results, find_results_dir, load_results, make_degraded_results, save_results
 from .retrieval import retrieval, retrieval_loops
 from .suite import METRIC_INFO, evaluate, evaluate_folder, metrics_dict, run_evaluate_cli
 
 __all__ = [
-    "PROTOCOLS", "as_tensor", "resize", "pixcorr", "pixcorr_per_image", "ssim", "ssim_per_image",
+    "PROTOCOLS", "as_tensor", "as_uint8", "resize", "pixcorr", "pixcorr_per_image", "ssim", "ssim_per_image",
     "two_way", "two_way_per_image", "two_way_pairwise", "correlation_distance", "correlation_distance_per_image",
     "n_way_top_k", "n_way_top_k_per_image", "mean_ci", "retrieval", "retrieval_loops",
     "brain_correlation", "brain_correlation_per_image", "RidgeEncodingModel", "toy_encoder", "toy_measured",
@@ -35,6 +35,6 @@ __all__ = [
     "NETWORKS", "NetworkSpec", "FEATURE_NAMES", "register_network", "find_weights", "load_state_dict",
     "RealFeatureSet", "ToyFeatureSet", "make_feature_set",
     "evaluate", "evaluate_folder", "run_evaluate_cli", "metrics_dict", "METRIC_INFO",
-    "Results", "save_results", "load_results", "make_degraded_results",
+    "Results", "save_results", "load_results", "find_results_dir", "make_degraded_results",
     "plot_metrics", "plot_reconstruction_grid",
 ]

@@ -12,8 +12,10 @@ Protocols (``nsd_and_metrics.md`` §3):
     and to 224 for every network; SSIM is the column-wise 1-D SSIM that scikit-image ≤0.19
     computed for ``multichannel=True`` on grayscale images; EffNet-B uses the V1 weights.
 
-Images may be given as ``(N, H, W, 3)`` uint8 / float arrays or ``(N, 3, H, W)`` float
-tensors in ``[0, 1]``; :func:`as_tensor` turns any of them into ``(N, 3, H, W)`` float32.
+Images may be given as ``(N, H, W, 3)`` or ``(N, 3, H, W)`` arrays or tensors, uint8 (0..255)
+or float in ``[0, 1]``; :func:`as_tensor` turns any of them into ``(N, 3, H, W)`` float32 and
+refuses every other encoding (0..255 floats, [-1, 1], int64...). PixCorr of a constant
+image is undefined: it is NaN, with a warning that names the pairs.
 """
 from __future__ import annotations
 
@@ -23,18 +25,30 @@ import torch.nn.functional as F
 
 from ..errors import InvalidInputError, check_choice, check_finite
 
-__all__ = ["PROTOCOLS", "as_tensor", "resize", "protocol_base", "pixcorr", "pixcorr_per_image", "ssim",
+__all__ = ["PROTOCOLS", "as_tensor", "as_uint8", "resize", "protocol_base", "pixcorr", "pixcorr_per_image", "ssim",
            "ssim_per_image", "lowlevel_per_image", "pil_resize"]
 
 PROTOCOLS = ("mindeye", "neuropictor", "brain-diffuser")
 #: torchvision ≤0.16 tensor ``Resize`` did not antialias (MindEye's environments); see §3.0.
 DEFAULT_ANTIALIAS = False
+#: Float images may stray this far outside [0, 1] (half an 8-bit level: rounding) and are clamped.
+_ROUNDING = 0.5 / 255
+#: An image whose values span less than this is constant (one 8-bit level is 1/255; resampling leaves ~1e-7).
+_CONSTANT = 1e-5
 
 
 def as_tensor(images, name: str = "images") -> torch.Tensor:
     """``(N, 3, H, W)`` float32 tensor in [0, 1] from uint8/float, NHWC/NCHW, numpy/torch.
 
-    Float values are clamped to [0, 1] (MindEye clamps reconstructions); NaN/Inf are refused.
+    Only two encodings are accepted, because any other one would be scored silently wrong:
+    ``uint8`` in 0..255 (divided by 255) and floats in [0, 1]. Floats up to half an 8-bit
+    level outside [0, 1] (rounding) are clamped; anything further out (0..255 floats,
+    [-1, 1] images) is refused, as are other integer or boolean types and NaN/Inf.
+
+    Raises
+    ------
+    InvalidInputError
+        Wrong shape, an integer type other than uint8, floats outside [0, 1], or NaN/Inf.
     """
     if isinstance(images, (list, tuple)):
         images = np.stack([np.asarray(i) for i in images])
@@ -50,9 +64,32 @@ def as_tensor(images, name: str = "images") -> torch.Tensor:
         raise InvalidInputError(f"{name} must have 3 colour channels; got shape {tuple(x.shape)}.")
     if x.dtype == torch.uint8:
         return x.float().div_(255.0).contiguous()
+    if not x.dtype.is_floating_point:
+        raise InvalidInputError(
+            f"{name} are {str(x.dtype).replace('torch.', '')} values; images must be uint8 (0..255) or floats "
+            "in [0, 1]. Convert 0..255 integers with x.astype(np.uint8) (numpy) or x.to(torch.uint8) (torch).")
     x = x.detach().to(torch.float32)
     check_finite(x, name)
+    if x.numel():
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -_ROUNDING or hi > 1 + _ROUNDING:
+            raise InvalidInputError(
+                f"{name} hold floats in [{lo:.4g}, {hi:.4g}]; float images must lie in [0, 1] (scoring them "
+                "clamped would be wrong). Divide 0..255 floats by 255 (or pass uint8); map [-1, 1] images "
+                "with (x + 1) / 2; clip anything else to [0, 1] yourself.")
     return x.clamp(0, 1).contiguous()
+
+
+def as_uint8(images, name: str = "images") -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 of images (``round(255 x)``): exactly what a results folder stores.
+
+    Score a method's images through this (``as_tensor(as_uint8(x))``) so that its figures equal
+    what ``brainrecon evaluate`` finds in the folder it saved (:func:`~brainrecon.metrics.save_results`).
+    """
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4 and images.shape[-1] == 3:
+        return np.ascontiguousarray(images)
+    t = as_tensor(images, name)
+    return (t * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def resize(x: torch.Tensor, size: int, mode: str = "bilinear", antialias: bool = DEFAULT_ANTIALIAS,
@@ -128,11 +165,34 @@ def lowlevel_per_image(reconstructions, targets, protocol: str = "mindeye", anti
         g = _to_metric_size(gt[i:i + batch_size], protocol, antialias)
         r = _to_metric_size(rec[i:i + batch_size], protocol, antialias)
         if "pixcorr" in out:
-            out["pixcorr"].append(_rowwise_pearson(g, r))
+            pc = _rowwise_pearson(g, r)
+            pc[_constant(g) | _constant(r)] = np.nan            # r is undefined, whatever rounding left over
+            out["pixcorr"].append(pc)
         if "ssim" in out:
             gg, rg = _gray(g), _gray(r)
             out["ssim"].append(np.array([structural_similarity(rg[k], gg[k], **kw) for k in range(len(rg))]))
-    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
+    res = {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
+    if "pixcorr" in res:
+        _warn_constant(res["pixcorr"])
+    return res
+
+
+def _constant(x: torch.Tensor) -> np.ndarray:
+    """Images of ``(N, 3, H, W)`` with (up to resampling rounding) a single value: zero variance."""
+    flat = x.flatten(1)
+    return ((flat.amax(1) - flat.amin(1)) < _CONSTANT).numpy()
+
+
+def _warn_constant(pixcorr_values: np.ndarray) -> None:
+    """Warn that PixCorr is NaN where a reconstruction or target is constant (zero variance)."""
+    bad = np.flatnonzero(~np.isfinite(pixcorr_values))
+    if bad.size:
+        import warnings
+
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
+        warnings.warn(f"PixCorr is undefined (NaN) for {bad.size} of {len(pixcorr_values)} image pair(s) whose "
+                      f"reconstruction or target is constant (zero variance): pair(s) {shown}. Their NaN makes "
+                      "the mean NaN; drop those pairs, or check why the images are blank.", stacklevel=3)
 
 
 def pixcorr_per_image(reconstructions, targets, protocol: str = "mindeye", antialias: bool = DEFAULT_ANTIALIAS,

@@ -197,7 +197,7 @@ def build_network(spec: NetworkSpec, path) -> torch.nn.Module:
         from transformers import CLIPVisionModelWithProjection
 
         try:
-            return CLIPVisionModelWithProjection.from_pretrained(str(path)).eval()
+            return CLIPVisionModelWithProjection.from_pretrained(str(path), use_safetensors=True).eval()
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"could not load a CLIPVisionModelWithProjection from {path}: {e}") from e
     tvm = _torchvision()

@@ -16,7 +16,8 @@ Layout (``format = "brainrecon-results"``, ``version = 1``)::
       attributes.npz          optional category (N,), colour (N,), bbox (N, 4) px — toy ground truth
 
 Write it with :func:`save_results` (atomic: the folder appears complete or not at all);
-read it with :func:`load_results`.
+read it with :func:`load_results`. A folder that holds a results folder named ``results/`` (what
+``brainrecon demo --out DIR`` writes) is read through it (:func:`find_results_dir`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..errors import CheckpointError, DataNotFoundError, InvalidInputError
 
-__all__ = ["Results", "save_results", "load_results", "make_degraded_results", "RESULTS_FORMAT"]
+__all__ = ["Results", "save_results", "load_results", "find_results_dir", "make_degraded_results", "RESULTS_FORMAT"]
 
 RESULTS_FORMAT = "brainrecon-results"
 _OPTIONAL = ("brain_embeddings", "image_embeddings", "measured")
@@ -51,16 +52,6 @@ class Results:
 
     def __len__(self) -> int:
         return len(self.targets)
-
-
-def _u8(images, name) -> np.ndarray:
-    from .lowlevel import as_tensor
-
-    x = np.asarray(images) if not hasattr(images, "detach") else images
-    if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 4 and x.shape[-1] == 3:
-        return np.ascontiguousarray(x)
-    t = as_tensor(x, name)
-    return (t * 255).round().to(dtype=__import__("torch").uint8).permute(0, 2, 3, 1).numpy()
 
 
 def save_results(directory, reconstructions, targets, *, method: str | None = None, world: str = "toy",
@@ -89,8 +80,9 @@ def save_results(directory, reconstructions, targets, *, method: str | None = No
         JSON-able additions to ``meta.json``.
     """
     from ..io import atomic_dir
+    from .lowlevel import as_uint8
 
-    rec, tgt = _u8(reconstructions, "reconstructions"), _u8(targets, "targets")
+    rec, tgt = as_uint8(reconstructions, "reconstructions"), as_uint8(targets, "targets")
     if len(rec) != len(tgt):
         raise InvalidInputError(f"{len(rec)} reconstructions but {len(tgt)} targets; they must pair up.")
     meta = {"format": RESULTS_FORMAT, "version": 1, "world": world, "method": method, "subject": subject,
@@ -124,13 +116,36 @@ def _toyworld_meta(toyworld):
     return {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}}
 
 
+_NEED = ("meta.json", "reconstructions.npy", "targets.npy")
+
+
+def find_results_dir(directory) -> Path:
+    """The results folder ``directory`` names: itself, or its ``results/`` sub-folder (a demo's output).
+
+    Raises
+    ------
+    DataNotFoundError
+        Neither holds ``meta.json``, ``reconstructions.npy`` and ``targets.npy``; every path
+        tried is listed.
+    """
+    d = Path(directory).expanduser()
+    for cand in (d, d / "results"):
+        if all((cand / n).is_file() for n in _NEED):
+            return cand
+    tried = [d / n for n in _NEED] + ([d / "results"] if d.is_dir() else [])
+    hint = ("Pass the folder that holds those files; for `brainrecon demo --out DIR` that is DIR/results, "
+            "written when the demo finishes. " if d.is_dir() else "")
+    raise DataNotFoundError(f"a brainrecon results folder at {d}", tried, data_card="metrics.md",
+                            hint=hint + "Write one with brainrecon.metrics.save_results(dir, reconstructions, "
+                                        "targets).")
+
+
 def load_results(directory) -> Results:
-    """Read a results folder written by :func:`save_results` (checks shapes and the format tag)."""
-    d = Path(directory)
-    need = [d / "meta.json", d / "reconstructions.npy", d / "targets.npy"]
-    if not all(p.exists() for p in need):
-        raise DataNotFoundError(f"a brainrecon results folder at {d}", [p for p in need], data_card="metrics.md",
-                                hint="Write one with brainrecon.metrics.save_results(dir, reconstructions, targets).")
+    """Read a results folder written by :func:`save_results` (checks shapes and the format tag).
+
+    ``directory`` may also be a folder holding one as ``results/`` (see :func:`find_results_dir`).
+    """
+    d = find_results_dir(directory)
     try:
         meta = json.loads((d / "meta.json").read_text())
         rec = np.load(d / "reconstructions.npy", allow_pickle=False)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidInputError, check_choice
+from ..errors import DataNotFoundError, InvalidInputError, check_choice, check_device
 from .identification import correlation_distance_per_image, mean_ci, n_way_top_k_per_image, two_way_per_image
-from .lowlevel import as_tensor, lowlevel_per_image, protocol_base
+from .lowlevel import PROTOCOLS, as_tensor, lowlevel_per_image, protocol_base
 
-__all__ = ["evaluate", "evaluate_folder", "run_evaluate_cli", "METRIC_INFO", "metrics_dict"]
+__all__ = ["evaluate", "evaluate_folder", "run_evaluate_cli", "METRIC_INFO", "metrics_dict", "metrics_path"]
 
 #: key -> (label, group, higher_is_better, chance)
 METRIC_INFO = {
@@ -89,6 +89,8 @@ def evaluate(reconstructions, targets, *, feature_set="auto", weights_dir=None, 
 
     from .networks import make_feature_set
 
+    check_device(device)
+    check_choice("protocol", protocol, PROTOCOLS)
     rec, gt = as_tensor(reconstructions, "reconstructions"), as_tensor(targets, "targets")
     if len(rec) != len(gt):
         raise InvalidInputError(f"{len(rec)} reconstructions but {len(gt)} targets; they must pair up one to one.")
@@ -234,8 +236,10 @@ def evaluate_folder(results_dir, out=None, feature_set="auto", weights_dir=None,
     Parameters
     ----------
     results_dir : path-like
+        A results folder, or a folder holding one as ``results/`` (a demo's output folder).
     out : path-like, optional
-        Where to write the JSON (default ``results_dir/metrics.json``); ``False`` writes nothing.
+        Where to write the JSON (default ``metrics.json`` in the results folder); ``False`` writes
+        nothing. Checked before anything is computed.
     feature_set, weights_dir, weights, backbone, protocol, metrics, device, batch_size
         As :func:`evaluate`.
     world : ToyWorld, optional
@@ -251,7 +255,11 @@ def evaluate_folder(results_dir, out=None, feature_set="auto", weights_dir=None,
     from ..io import write_json
     from .results import load_results
 
+    check_device(device)
     res = load_results(results_dir)
+    results_dir = res.path
+    if out is not False:
+        out = metrics_path(results_dir, out)
     meta = res.meta
     kw = dict(kwargs)
     if res.brain_embeddings is not None:
@@ -282,13 +290,24 @@ def evaluate_folder(results_dir, out=None, feature_set="auto", weights_dir=None,
                      weights=weights, backbone=backbone, protocol=protocol, metrics=metrics, device=device,
                      batch_size=batch_size, **kw)
     if out is not False:
-        out = Path(out) if out else Path(results_dir) / "metrics.json"
         write_json(out, {"metrics": metrics_dict(table), "table": table.to_dict(orient="records"),
                          "results_dir": str(results_dir), "method": meta.get("method"), "world": meta.get("world"),
                          "subject": meta.get("subject"), "n": len(res), "protocol": protocol,
                          "feature_set": next(iter(table.feature_set.dropna()), None),
                          "seconds": time.perf_counter() - t})
     return table
+
+
+def metrics_path(results_dir, out=None) -> Path:
+    """Where :func:`evaluate_folder` writes its JSON (``out``, else ``results_dir/metrics.json``), proven writable."""
+    from ..io import check_output_dir
+
+    out = Path(out).expanduser() if out else Path(results_dir) / "metrics.json"
+    if out.is_dir():
+        raise InvalidInputError(f"--out {str(out)!r} is a folder; pass a file name for the metrics JSON, e.g. "
+                                f"{out / 'metrics.json'}.")
+    check_output_dir(out.parent, f"the folder of --out {str(out)!r}")
+    return out
 
 
 def _rebuild_toyworld(spec: dict):
@@ -306,15 +325,27 @@ def run_evaluate_cli(args) -> int:
     [--protocol mindeye|neuropictor|brain-diffuser] [--device cpu]``.
 
     ``args`` is an ``argparse.Namespace`` with ``results_dir`` and optionally ``weights``,
-    ``out``, ``feature_set``, ``protocol``, ``device``. Prints the table; returns 0.
+    ``out``, ``feature_set``, ``protocol``, ``device``. Every argument is checked before any
+    scoring. Prints the table; returns 0.
     """
-    table = evaluate_folder(args.results_dir, out=getattr(args, "out", None),
+    from .results import find_results_dir
+
+    check_device(getattr(args, "device", None) or "cpu")
+    results_dir = find_results_dir(args.results_dir)
+    out = metrics_path(results_dir, getattr(args, "out", None))
+    weights = getattr(args, "weights", None)
+    if weights is not None and not Path(weights).expanduser().is_dir():
+        raise DataNotFoundError(f"the --weights folder {weights!r}", [Path(weights).expanduser()],
+                                data_card="metrics.md", hint="Pass the folder that holds the real networks' "
+                                                             "weights, or leave --weights out for the toy set.")
+    if results_dir != Path(args.results_dir).expanduser():
+        print(f"scoring {results_dir} (the results folder inside {args.results_dir})")
+    table = evaluate_folder(results_dir, out=out,
                             feature_set=getattr(args, "feature_set", None) or "auto",
                             weights_dir=getattr(args, "weights", None),
                             protocol=getattr(args, "protocol", None) or "mindeye",
                             device=getattr(args, "device", None) or "cpu")
     cols = ["label", "value", "ci_low", "ci_high", "chance", "feature_set"]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    out = getattr(args, "out", None) or Path(args.results_dir) / "metrics.json"
     print(f"wrote {out}")
     return 0

@@ -11,35 +11,56 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-__all__ = ["write_demo_report", "make_demo_world"]
+__all__ = ["write_demo_report", "make_demo_world", "demo_world_config"]
 
 
-def make_demo_world(pipe, preset: str | None = None, progress: bool = True):
-    """The toy world a reconstructor was trained on.
+def demo_world_config(pipe, preset: str | None = None):
+    """The config of the toy world a reconstructor was trained on, or the path of a saved world.
 
     Looked up in order: ``preset`` (``"default"``/``"smoke"``), the folder's ``toyworld`` entry
     (``ToyWorldConfig`` as a dict, or ``{"path": saved world}``), the ``world`` of its ``run.json``
-    (written by the training stages), else the default world.
+    (written by the training stages), else the default world. Nothing is built or loaded.
+
+    Parameters
+    ----------
+    pipe : BrainToImagePipeline or dict
+        The reconstructor, or its ``info`` (:func:`~brainrecon.sampling.reconstructor_info`).
+    preset : {"default", "smoke"}, optional
+
+    Returns
+    -------
+    ToyWorldConfig or str
+        A config, or the folder of a saved world (``{"path": ...}`` entries).
     """
-    import json
+    from ..data.toyworld import ToyWorldConfig
+    from ..errors import check_choice
+    from ..io import read_json
 
-    from ..data.toyworld import ToyWorldConfig, make_toyworld
-
-    spec = pipe.info.get("toyworld")
-    run = Path(pipe.info.get("path", ".")) / "run.json"
+    check_choice("world_preset", preset, (None, "default", "smoke"))
+    info = pipe if isinstance(pipe, dict) else pipe.info
+    spec = info.get("toyworld")
+    run = Path(info.get("path", ".")) / "run.json"
     if spec is None and run.is_file():
-        spec = json.loads(run.read_text()).get("world")
+        spec = read_json(run, "Copy the reconstructor folder again, or pass the world preset (--world).").get("world")
     if preset == "smoke":
-        config = ToyWorldConfig.smoke()
-    elif preset == "default" or not isinstance(spec, dict) or "nsd_root" in spec:
-        config = ToyWorldConfig()
-    elif "path" in spec:
+        return ToyWorldConfig.smoke()
+    if preset == "default" or not isinstance(spec, dict) or "nsd_root" in spec:
+        return ToyWorldConfig()
+    if "path" in spec:
+        return str(spec["path"])
+    spec = dict(spec.get("config", spec))
+    return ToyWorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+
+
+def make_demo_world(pipe, preset: str | None = None, progress: bool = True):
+    """The toy world a reconstructor was trained on (built, or loaded; see :func:`demo_world_config`)."""
+    from ..data.toyworld import make_toyworld
+
+    config = demo_world_config(pipe, preset)
+    if isinstance(config, str):
         from ..data.toystore import load_toyworld
 
-        return load_toyworld(spec["path"])
-    else:
-        spec = dict(spec.get("config", spec))
-        config = ToyWorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+        return load_toyworld(config)
     return make_toyworld(config, progress=progress)
 
 
@@ -79,25 +100,79 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
     -------
     dict
         The contents of ``report.json``: the figures of :func:`evaluate_reconstructor`
-        (``alpha``, ``guidance``, ``swap``), file names, timings.
+        (``alpha``, ``guidance``, ``swap``), file names, timings. ``alpha["1"]`` equals what
+        ``brainrecon evaluate OUT/results`` reports (same 8-bit images, same scoring).
+
+    Raises
+    ------
+    InvalidInputError
+        A bad argument (``n_test`` < 2, ``num_inference_steps`` < 1, an unknown subject, an output
+        folder that cannot be written...). Every argument is checked before any work is done (the
+        subject against the reconstructor's world, read from its JSON files before any model loads).
+    DataNotFoundError, CheckpointError
+        The reconstructor folder is missing, or one of its files is unreadable (named).
     """
     import torch
 
+    _check_arguments(out_dir, n_test, num_inference_steps, alphas, n_show, n_swap, seed, world_preset, threads)
+    world, subject = _world_and_subject(reconstructor, world, world_preset, subject)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
         return _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, alphas, n_show, n_swap,
-                             seed, world, world_preset, progress)
+                             seed, world, progress)
     finally:
         torch.set_num_threads(before)
 
 
+def _check_arguments(out_dir, n_test, num_inference_steps, alphas, n_show, n_swap, seed, world_preset,
+                     threads) -> None:
+    """Every argument of :func:`write_demo_report` that can be checked without loading anything."""
+    import math
+    import numbers
+
+    from ..errors import InvalidInputError, check_choice, check_range
+    from ..io import check_output_dir
+
+    check_output_dir(out_dir, "the demo's output folder (--out)")
+    check_range("n_test", n_test, 2)           # the suite compares pairs of scans
+    if num_inference_steps is not None:
+        check_range("num_inference_steps (--steps)", num_inference_steps, 1)
+    check_range("n_show", n_show, 1)
+    check_range("n_swap", n_swap, 1)
+    check_range("seed", seed, 0)
+    if threads is not None:
+        check_range("threads", threads, 1)
+    check_choice("world_preset (--world)", world_preset, (None, "default", "smoke"))
+    bad = [a for a in alphas if not isinstance(a, numbers.Real) or not math.isfinite(a)]
+    if not len(alphas) or bad:
+        raise InvalidInputError(f"'alphas' must be one or more finite control scales; {list(alphas)!r} was provided.")
+
+
+def _world_and_subject(reconstructor, world, world_preset, subject):
+    """``(world or its config, subject)``, the subject checked against it; reads JSON only, builds nothing."""
+    from .folders import reconstructor_info
+
+    info = reconstructor_info(reconstructor)
+    if world is None:
+        world = demo_world_config(info, world_preset)
+        if isinstance(world, str):                  # a saved world: cheap to load, and it knows its subjects
+            from ..data.toystore import load_toyworld
+
+            world = load_toyworld(world)
+    config = getattr(world, "config", world)
+    subject = subject or info.get("subject") or config.subject_ids[0]
+    config.check_subject(subject, "subject (--subject)")
+    return world, subject
+
+
 def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, alphas, n_show, n_swap, seed,
-                  world, world_preset, progress) -> dict:
+                  world, progress) -> dict:
     from tqdm.auto import tqdm
 
-    from ..io import write_json
+    from ..data.toyworld import ToyWorldConfig, make_toyworld
+    from ..io import atomic_file, write_json
     from ..metrics import plot_reconstruction_grid, save_results
     from ..plotting import save_figure
     from .explore import evaluate_reconstructor, plot_control_sweep, plot_swap_grid, swap_grid, sweep_control_scale
@@ -110,8 +185,8 @@ def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, 
     pipe = load_reconstructor(reconstructor)
     bar.update()
     bar.set_postfix_str("building the toy world")
-    world = world if world is not None else make_demo_world(pipe, world_preset, progress=progress)
-    subject = subject or pipe.info.get("subject") or world.subject_ids[0]
+    if isinstance(world, ToyWorldConfig):
+        world = make_toyworld(world, progress=progress)
     bar.update()
     bar.set_postfix_str(f"scoring {n_test} test scans of {subject}")
     res = evaluate_reconstructor(pipe, world, subject, n_test=n_test, seed=seed,
@@ -140,7 +215,8 @@ def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, 
     alpha1 = imgs[f"alpha={1.0:g}"] if f"alpha={1.0:g}" in imgs else next(iter(imgs.values()))
     save_results(out / "results", alpha1, data["targets"], method="neuropictor", world="toy", subject=subject,
                  image_ids=data["image_keys"], toyworld=world.config, attributes=data["attributes"])
-    res["table"].to_csv(out / "figures.csv", index=False)
+    with atomic_file(out / "figures.csv", "w") as f:
+        res["table"].to_csv(f, index=False)
     report = {**m, "reconstructor": pipe.info.get("path"), "alphas_swept": [float(a) for a in alphas],
               "files": sorted(figures) + ["figures.csv", "results/"], "seconds": time.perf_counter() - t0}
     write_json(out / "report.json", report)

@@ -228,6 +228,12 @@ def evaluate_reconstructor(pipe, world, subject: str, alphas=(0.0, 1.0), guidanc
         Networks of :func:`brainrecon.metrics.evaluate` (toy: needs the toy attribute classifier).
     progress : bool, optional
 
+    Notes
+    -----
+    Images are rounded to 8 bits (:func:`brainrecon.metrics.as_uint8`) before anything is scored,
+    and :func:`~brainrecon.metrics.evaluate` runs with its defaults, so each figure equals what
+    ``brainrecon evaluate`` reports on a results folder saved from the same images.
+
     Returns
     -------
     dict
@@ -242,7 +248,7 @@ def evaluate_reconstructor(pipe, world, subject: str, alphas=(0.0, 1.0), guidanc
     """
     import pandas as pd
 
-    from ..metrics import attribute_scores_per_image, evaluate, make_feature_set
+    from ..metrics import as_tensor, as_uint8, attribute_scores_per_image, evaluate, make_feature_set
 
     data = make_test_maps(pipe, world, subject, n_test)
     if len(data["maps"]) < 2:
@@ -257,13 +263,14 @@ def evaluate_reconstructor(pipe, world, subject: str, alphas=(0.0, 1.0), guidanc
         key = (float(a), default_gs if gs is None else float(gs))
         if key not in runs or extra:
             out = reconstruct(pipe, data, control_scale=key[0], guidance_scale=key[1], **kw, **extra)["images"]
+            out = as_tensor(as_uint8(out))           # what a results folder keeps, so scores agree with it
             if extra:
                 return key, out
             runs[key] = out
         return key, runs[key]
 
     def score(name, key, imgs, bucket, label):
-        table = evaluate(imgs, data["targets"], feature_set=fs, attributes=data["attributes"], seed=seed)
+        table = evaluate(imgs, data["targets"], feature_set=fs, attributes=data["attributes"])
         metrics[bucket][label] = {r.metric: float(r.value) for r in table.itertuples() if np.isfinite(r.value)}
         for r in table.itertuples():
             rows.append(dict(condition=name, control_scale=key[0], guidance_scale=key[1], metric=r.metric,

@@ -14,14 +14,15 @@ Both may hold ``pipeline.json`` (sampling defaults, flatmap settings, ``info``).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, DataNotFoundError, InvalidInputError
+from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, check_device, reading
+from ..io import check_safetensors, read_json
 
-__all__ = ["save_reconstructor_folder", "load_reconstructor_folder", "load_reconstructor", "TOY_RECONSTRUCTOR_DIR"]
+__all__ = ["save_reconstructor_folder", "load_reconstructor_folder", "load_reconstructor", "reconstructor_info",
+           "TOY_RECONSTRUCTOR_DIR"]
 
 #: Folder of the shipped toy reconstructor (light layout, trained by ``refine_subject``).
 TOY_RECONSTRUCTOR_DIR = Path(__file__).resolve().parent.parent / "weights" / "neuropictor_toy"
@@ -30,6 +31,8 @@ _KNOWN = ("_class_name", "backbone", "backbone_source", "guidance_scale", "num_i
 _HINT = ("A reconstructor folder holds model/ (NeuroPictorModel.save_pretrained) and either backbone.json "
          "({\"backbone\": \"toy\"} or a backbone folder) or the backbone parts unet/ vae/ scheduler/. "
          "Write one with BrainToImagePipeline.save_pretrained or the refine_subject stage.")
+_FIX = ("Copy the reconstructor folder again from where it came from, or rewrite it with "
+        "BrainToImagePipeline.save_pretrained (or rerun the refine_subject stage).")
 
 
 def save_reconstructor_folder(pipe, save_directory, save_backbone: bool | None = None) -> Path:
@@ -62,10 +65,8 @@ def save_reconstructor_folder(pipe, save_directory, save_backbone: bool | None =
     return save_directory
 
 
-def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | None = None, **overrides):
-    """A ``cls`` (``BrainToImagePipeline``) from a light or full reconstructor folder."""
-    from ..models import NeuroPictorModel
-
+def _settings(directory) -> tuple[Path, dict]:
+    """The folder and its merged ``backbone.json`` / ``pipeline.json`` settings (both checked)."""
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise DataNotFoundError(f"the reconstructor folder {str(directory)!r}", [d], hint=_HINT)
@@ -74,8 +75,32 @@ def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | 
     settings = {}
     for name in ("backbone.json", "pipeline.json"):
         if (d / name).is_file():
-            settings.update(json.loads((d / name).read_text()))
-    model = NeuroPictorModel.from_pretrained(d / "model")
+            settings.update(read_json(d / name, _FIX))
+    return d, settings
+
+
+def _info(d: Path, settings: dict) -> dict:
+    return {**{k: v for k, v in settings.items() if k not in _KNOWN}, **settings.get("info", {}), "path": str(d)}
+
+
+def reconstructor_info(path=None) -> dict:
+    """What ``load_reconstructor(path).info`` will hold (``subject``, ``toyworld``, ``path``...), read
+    from the folder's JSON files without loading any model (default: the shipped toy reconstructor)."""
+    return _info(*_settings(_path_or_shipped(path)))
+
+
+def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | None = None, **overrides):
+    """A ``cls`` (``BrainToImagePipeline``) from a light or full reconstructor folder."""
+    from ..models import NeuroPictorModel
+    from ..models.neuropictor import PARTS
+
+    device = check_device(device)
+    d, settings = _settings(directory)
+    for part in PARTS:
+        if (d / "model" / part / "config.json").is_file():
+            check_safetensors(d / "model" / part, f"the NeuroPictor {part}", _FIX)
+    with reading(d / "model", _FIX):
+        model = NeuroPictorModel.from_pretrained(d / "model", use_safetensors=True)
     defaults = {k: overrides.get(k, settings.get(k)) for k in ("guidance_scale", "num_inference_steps", "flatmap")}
     if (d / "backbone.json").is_file():
         from ..backbones import load_backbone
@@ -85,8 +110,7 @@ def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | 
         pipe = cls.from_backbone(bb, model if dtype is None else model.to(dtype), **defaults)
     else:
         pipe = _from_parts(cls, d, model, defaults, settings, device, dtype)
-    pipe.info = {**{k: v for k, v in settings.items() if k not in _KNOWN}, **settings.get("info", {}),
-                 "path": str(d)}
+    pipe.info = _info(d, settings)
     return pipe
 
 
@@ -102,16 +126,21 @@ def _from_parts(cls, d: Path, model, defaults: dict, settings: dict, device, dty
     if missing:
         raise CheckpointError(f"{d} has model/ but neither backbone.json nor the backbone parts; missing: "
                               + ", ".join(str(p) for p in missing) + f". {_HINT}")
-    unet = UNet2DConditionModel.from_pretrained(d / "unet")
-    vae = AutoencoderKL.from_pretrained(d / "vae")
-    sched_cfg = json.loads((d / "scheduler" / "scheduler_config.json").read_text())
-    sched = getattr(diffusers, sched_cfg.get("_class_name", "DDIMScheduler"), diffusers.DDIMScheduler)
-    scheduler = sched.from_pretrained(d / "scheduler")
+    for part in ("unet", "vae", "text_encoder") if has_te else ("unet", "vae"):
+        check_safetensors(d / part, f"the {part} part", _FIX)
+    sched_cfg = read_json(d / "scheduler" / "scheduler_config.json", _FIX)
+    safe = dict(use_safetensors=True)   # never fall back to pickled .bin weights
+    with reading(d, _FIX):
+        unet = UNet2DConditionModel.from_pretrained(d / "unet", **safe)
+        vae = AutoencoderKL.from_pretrained(d / "vae", **safe)
+        sched = getattr(diffusers, sched_cfg.get("_class_name", "DDIMScheduler"), diffusers.DDIMScheduler)
+        scheduler = sched.from_pretrained(d / "scheduler")
     text_encoder = tokenizer = empty = None
     if (d / "empty_prompt_embeds.safetensors").is_file():
         from safetensors.torch import load_file
 
-        empty = load_file(str(d / "empty_prompt_embeds.safetensors"))["empty_prompt_embeds"]
+        with reading(d / "empty_prompt_embeds.safetensors", _FIX):
+            empty = load_file(str(d / "empty_prompt_embeds.safetensors"))["empty_prompt_embeds"]
     if has_te:
         from transformers import AutoTokenizer
 
@@ -119,8 +148,9 @@ def _from_parts(cls, d: Path, model, defaults: dict, settings: dict, device, dty
 
         te_cls = _transformers_class(d / "text_encoder", ("CLIPTextModel", "CLIPTextModelWithProjection"),
                                      "CLIPTextModel")
-        text_encoder = te_cls.from_pretrained(d / "text_encoder")
-        tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer")
+        with reading(d, _FIX):
+            text_encoder = te_cls.from_pretrained(d / "text_encoder", **safe)
+            tokenizer = AutoTokenizer.from_pretrained(d / "tokenizer")
     for m in (unet, vae, model, text_encoder):
         if m is not None:
             m.to(device or "cpu").eval().requires_grad_(False)
@@ -162,18 +192,25 @@ def load_reconstructor(path=None, device=None, dtype: torch.dtype | None = None,
 
     Raises
     ------
+    InvalidInputError
+        ``device`` is not available on this machine.
     DataNotFoundError
         The folder is missing (the message names it).
     CheckpointError
-        The folder lacks ``model/`` or the backbone (named).
+        The folder lacks ``model/`` or the backbone, or a file is truncated or corrupt (named),
+        or weights are pickled only: safetensors alone are loaded (``use_safetensors=True``).
     """
     from .pipeline import BrainToImagePipeline
 
-    if path is None:
-        if not (TOY_RECONSTRUCTOR_DIR / "model").is_dir():
-            raise DataNotFoundError("the shipped toy reconstructor", [TOY_RECONSTRUCTOR_DIR, TOY_RECONSTRUCTOR_DIR /
-                                                                       "model"], data_card="neuropictor_toy.md",
-                                    hint="Train one with the NeuroPictor stages (refine_subject writes model/ + "
-                                         "backbone.json) and pass its folder.")
-        path = TOY_RECONSTRUCTOR_DIR
-    return BrainToImagePipeline.from_pretrained(path, device=device, dtype=dtype, **kwargs)
+    return BrainToImagePipeline.from_pretrained(_path_or_shipped(path), device=device, dtype=dtype, **kwargs)
+
+
+def _path_or_shipped(path):
+    if path is not None:
+        return path
+    if not (TOY_RECONSTRUCTOR_DIR / "model").is_dir():
+        shipped = [TOY_RECONSTRUCTOR_DIR, TOY_RECONSTRUCTOR_DIR / "model"]
+        raise DataNotFoundError("the shipped toy reconstructor", shipped, data_card="neuropictor_toy.md",
+                                hint="Train one with the NeuroPictor stages (refine_subject writes model/ + "
+                                     "backbone.json) and pass its folder.")
+    return TOY_RECONSTRUCTOR_DIR

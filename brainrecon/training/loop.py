@@ -11,7 +11,10 @@ With ``output_dir`` set and ``checkpoint_every > 0``, the loop writes
 optimizer, lr schedule, RNG states) plus ``trainer_state.json`` (step, loss history).
 Each checkpoint is built under a temporary name and renamed when complete, so a kill
 never leaves a half-written checkpoint behind. Calling :func:`fit` again with the same
-``output_dir`` loads the latest checkpoint and continues from the next step.
+``output_dir`` loads the latest checkpoint and continues from the next step. The two newest
+checkpoints are kept: if the newest cannot be read (a truncated file, e.g. after a disk
+filled up), the loop warns and resumes from the previous one; if none can be read, a
+:class:`~brainrecon.errors.CheckpointError` names the folders to delete.
 
 Resumption is exact when batches come from a callable ``batches(step)`` and the loss
 function draws its randomness from torch's global generator: the loop reseeds it from
@@ -25,14 +28,15 @@ import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 
-from ..errors import CheckpointError, check_choice
-from ..io import write_json
+from ..errors import CheckpointError, check_choice, reading
+from ..io import check_safetensors, read_json, write_json
 
 __all__ = ["FitConfig", "FitResult", "fit", "latest_checkpoint"]
 
@@ -64,7 +68,8 @@ class FitConfig:
     checkpoint_every : int
         Write a resumable checkpoint every this many steps (0: never).
     keep_checkpoints : int
-        How many of the newest checkpoints to keep.
+        How many of the newest checkpoints to keep (2: a truncated newest one falls back to the
+        one before).
     cpu : bool or None
         Force the CPU (``Accelerator(cpu=True)``); ``None`` uses an accelerator if present.
     mixed_precision : {"no", "fp16", "bf16"}
@@ -88,7 +93,7 @@ class FitConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float | None = 1.0
     checkpoint_every: int = 0
-    keep_checkpoints: int = 1
+    keep_checkpoints: int = 2
     cpu: bool | None = None
     mixed_precision: str = "no"
     seed: int = 0
@@ -139,14 +144,49 @@ class FitResult:
         return float(sum(vals) / len(vals)) if vals else float("nan")
 
 
-def latest_checkpoint(output_dir) -> Path | None:
-    """The newest complete ``checkpoint-<step>`` folder in ``output_dir`` (or ``None``)."""
+def _checkpoints(output_dir) -> list:
+    """Complete ``checkpoint-<step>`` folders of ``output_dir``, newest first."""
     d = Path(output_dir)
     if not d.is_dir():
-        return None
+        return []
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT.match(p.name)) and p.is_dir()
              and (p / "trainer_state.json").is_file()]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(output_dir) -> Path | None:
+    """The newest complete ``checkpoint-<step>`` folder in ``output_dir`` (or ``None``)."""
+    found = _checkpoints(output_dir)
+    return found[0] if found else None
+
+
+def _load_checkpoint(accelerator, ckpt: Path) -> dict:
+    """Load ``ckpt`` into the prepared objects and return its trainer state (CheckpointError if unreadable)."""
+    fix = f"Delete {ckpt} to resume from the checkpoint before it."
+    state = read_json(ckpt / "trainer_state.json", fix)
+    if any(ckpt.glob("*.safetensors")):
+        check_safetensors(ckpt, "the checkpoint", fix)
+    with reading(ckpt, fix):
+        accelerator.load_state(str(ckpt))
+        return {"step": int(state["step"]), "history": list(state["history"]), "max_steps": state.get("max_steps")}
+
+
+def _resume(accelerator, out: Path):
+    """``(checkpoint, state)`` of the newest readable checkpoint in ``out``, falling back to older ones."""
+    found = _checkpoints(out)
+    errors = []
+    for ckpt in found:
+        try:
+            state = _load_checkpoint(accelerator, ckpt)
+        except CheckpointError as err:
+            errors.append(str(err))
+            warnings.warn(f"{err}\nSkipping {ckpt.name}; trying the checkpoint before it.", stacklevel=3)
+            continue
+        return ckpt, state
+    if found:
+        raise CheckpointError("no checkpoint in " + str(out) + " can be read:\n" + "\n".join(errors) +
+                              "\nDelete " + ", ".join(str(p) for p in found) + " to start this run from step 0.")
+    return None, None
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -185,6 +225,12 @@ def fit(model: torch.nn.Module, loss_fn: Callable, batches, config: FitConfig,
     Returns
     -------
     FitResult
+
+    Raises
+    ------
+    CheckpointError
+        No checkpoint in ``output_dir`` can be read (an unreadable newest one only warns and
+        the one before it is used).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -203,13 +249,9 @@ def fit(model: torch.nn.Module, loss_fn: Callable, batches, config: FitConfig,
 
     start, history, resumed_from = 0, [], 0
     out = Path(output_dir) if output_dir is not None else None
-    ckpt = latest_checkpoint(out) if out is not None else None
+    ckpt, state = _resume(accelerator, out) if out is not None else (None, None)
     if ckpt is not None:
-        import json
-
-        accelerator.load_state(str(ckpt))
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        start, history = int(state["step"]), list(state["history"])
+        start, history = state["step"], state["history"]
         resumed_from = start
         if state.get("max_steps") not in (None, config.max_steps):
             accelerator.print(f"note: {ckpt} was written with max_steps={state['max_steps']}, "

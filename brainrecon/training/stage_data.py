@@ -249,9 +249,9 @@ def check_map_size(encoder_size, resolution, where: str) -> None:
 
 
 def load_part(loader, directory, what: str):
-    """Load a diffusers part, turning unreadable files into a :class:`CheckpointError` that names them."""
+    """Load a diffusers part (safetensors only), turning unreadable files into a :class:`CheckpointError`."""
     try:
-        return loader(directory)
+        return loader(directory, use_safetensors=True)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         files = sorted(p.name for p in Path(directory).glob("*")) if Path(directory).is_dir() else []
         raise CheckpointError(f"{what} in {directory} could not be loaded ({type(err).__name__}: {err}); "

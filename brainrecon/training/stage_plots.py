@@ -22,7 +22,7 @@ def rebuild_flatmaps(stage_dir, maps) -> torch.Tensor:
     """Maps rebuilt from the guide token alone by a stage-i encoder folder, ``(N, 1, H, W)``."""
     from ..models import CalibratedEncoder
 
-    enc = CalibratedEncoder.from_pretrained(Path(stage_dir) / "encoder").eval()
+    enc = CalibratedEncoder.from_pretrained(Path(stage_dir) / "encoder", use_safetensors=True).eval()
     return enc(torch.as_tensor(maps).float(), mask_ratio=0.0)[1]
 
 

@@ -241,7 +241,7 @@ def _train_vae_decoder(cfg, data, out: Path) -> dict:
         return {"steps": 0, "skipped": True}
     config = {k: v for k, v in AutoencoderKL.load_config(out / "vae").items() if k != "_name_or_path"}
     vae = AutoencoderKL.from_config(config)         # no "_name_or_path" in the saved config
-    vae.load_state_dict(AutoencoderKL.from_pretrained(out / "vae").state_dict())
+    vae.load_state_dict(AutoencoderKL.from_pretrained(out / "vae", use_safetensors=True).state_dict())
     images = data["images"]
     mean = _encode_all(vae.eval(), images)
     vae.requires_grad_(False)
@@ -279,7 +279,7 @@ def _decode_all(vae_dir, images_u8: torch.Tensor, batch_size: int = 256) -> torc
     """The VAE's reconstructions (posterior mean, decoded) of uint8 images, as uint8."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval()
     mean = _encode_all(vae, images_u8, batch_size)
     out = [vae.decode(mean[i:i + batch_size]).sample for i in range(0, len(mean), batch_size)]
     return ((torch.cat(out).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -297,8 +297,8 @@ def _train_unet(cfg, data, out: Path) -> dict:
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModelWithProjection
 
-    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
-    text = CLIPTextModelWithProjection.from_pretrained(out / "text_encoder").eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(out / "vae", use_safetensors=True).eval()
+    text = CLIPTextModelWithProjection.from_pretrained(out / "text_encoder", use_safetensors=True).eval().requires_grad_(False)
     mean = _encode_all(vae, data["images"])
     sf = float(vae.config.scaling_factor)
     unet = make_toy_unet(mean.shape[-1], mean.shape[1], tuple(cfg.unet_channels), text.config.hidden_size,

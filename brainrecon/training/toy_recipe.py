@@ -23,14 +23,15 @@ no backbone copy, no checkpoints) into a folder such as ``brainrecon/weights/neu
 from __future__ import annotations
 
 import json
+import numbers
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from ..errors import InvalidInputError
-from ..io import atomic_dir, write_json
+from ..errors import InvalidInputError, check_choice, check_range
+from ..io import atomic_dir, check_output_dir, write_json
 from .stages import (EncoderPretrainConfig, MultisubjectConfig, RefineConfig, pretrain_encoder,
                      pretrain_multisubject, refine_subject)
 
@@ -88,25 +89,41 @@ def train_toy_reconstructor(out="runs/neuropictor_toy", preset: str = "default",
     threads : int, optional
         ``torch.set_num_threads`` for the whole recipe (1: on a busy 2-core machine a second
         thread made steps up to 10× slower, measured).
+
+    Raises
+    ------
+    InvalidInputError
+        Any argument is wrong (an unknown subject, a fraction outside (0, 1], an output folder
+        that cannot be written...); every one is checked before anything is built or written.
     """
     from ..backbones.hub import load_backbone
     from ..data.toyworld import ToyWorldConfig, make_toyworld
 
-    if preset not in ("default", "smoke"):
-        raise InvalidInputError(f"preset must be 'default' or 'smoke'; got {preset!r}.")
-    out = Path(out)
+    check_choice("preset", preset, ("default", "smoke"))
+    world_config = ToyWorldConfig.smoke() if preset == "smoke" else ToyWorldConfig()
+    world_config.check_subject(subject, "subject")
+    if heldout == "auto":
+        heldout = world_config.subject_ids[-1]
+    elif heldout is not None:
+        world_config.check_subject(heldout, "heldout")
+    if not (isinstance(heldout_fraction, numbers.Real) and 0 < heldout_fraction <= 1):
+        raise InvalidInputError("'heldout_fraction' must be in (0, 1] (the share of the held-out subject's "
+                                f"scans it is refined on); {heldout_fraction!r} was provided.")
+    if threads is not None:
+        check_range("threads", threads, 1)
+    out = check_output_dir(out, "the output folder (out)")
+    if ship_to is not None:
+        check_output_dir(ship_to, "the ship_to folder")
     out.mkdir(parents=True, exist_ok=True)
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     t0 = time.perf_counter()
     try:
-        world = make_toyworld(ToyWorldConfig.smoke() if preset == "smoke" else ToyWorldConfig(), progress=False)
+        world = make_toyworld(world_config, progress=False)
         backbone = load_backbone("toy")
         common = dict(progress=progress)
         make = (lambda cls, **kw: getattr(cls, preset)(**common, **kw))
-        if heldout == "auto":
-            heldout = world.subject_ids[-1]
         excl = (heldout,) if heldout else ()
         runs = {}
 
