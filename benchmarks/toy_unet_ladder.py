@@ -42,7 +42,8 @@ import torch
 BASE = dict(space="latent", vae="shipped", cond="caption", label_path="context", schedule="scaled_linear",
             prediction="epsilon", channels=(32, 64, 64), attn_levels=(0, 1), layers_per_block=1, lr=1e-3,
             batch=64, min_snr=None, ema=None, pooled_text=False,
-            decoder_noise=0.0, norm_groups=None, whiten=False, max_objects=3, label_place=False, coords=False)
+            decoder_noise=0.0, norm_groups=None, whiten=False, max_objects=3, label_place=False, coords=False,
+            clip=None)
 
 #: name -> (factors changed from the parent, parent, what the rung asks).
 RUNGS: dict[str, tuple[dict, str | None, str]] = {
@@ -90,6 +91,9 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
                       "v_pred conditioned on the true main-object category, colour and place (3 context tokens): "
                       "an oracle text encoder"),
     "v_coords": (dict(coords=True), "v_pred", "v_pred with x, y coordinate channels beside the latent (CoordConv)"),
+    "v_negclip_place": (dict(clip=dict(hard_negatives=5, steps=800)), "v_pred",
+                        "v_pred with toy CLIP retrained with NegCLIP hard negatives: main/any category, any/main "
+                        "colour and main place swapped (800 steps)"),
     "v_one_object": (dict(max_objects=1), "v_pred",
                      "v_pred on a world of one object per scene (training and judged captions; same backgrounds)"),
     "cosine": (dict(schedule="cosine"), "base", "cosine noise schedule"),
@@ -187,6 +191,55 @@ def get_vae(spec, data, work: Path, quick: bool, decoder_noise: float = 0.0):
         rec_path.write_text(json.dumps({"spec": spec, "vae": r1, "decoder": r2,
                                         "wall_time_s": round(time.perf_counter() - t, 1)}))
     return AutoencoderKL.from_pretrained(d / "vae").eval(), json.loads(rec_path.read_text())
+
+
+def get_text_encoder(spec, data, work: Path, quick: bool):
+    """The shipped toy-CLIP text tower, or one retrained by the package's recipe with ``spec`` (cached)."""
+    from transformers import CLIPTextModelWithProjection
+
+    from brainrecon.backbones.hub import TOY_WEIGHTS_DIR
+
+    if spec is None:
+        return CLIPTextModelWithProjection.from_pretrained(TOY_WEIGHTS_DIR / "text_encoder",
+                                                           use_safetensors=True), {"clip": "shipped"}
+    from brainrecon.backbones.toy import ToyBackboneConfig
+    from brainrecon.training.toy_backbones import _train_clip
+
+    steps = 20 if quick else int(spec["steps"])
+    key = hashlib.sha1(json.dumps([spec, steps, len(data["images"])], sort_keys=True).encode()).hexdigest()[:10]
+    d = work / f"clip_{key}"
+    rec_path = d / "ladder_clip.json"
+    if not rec_path.is_file():
+        cfg = ToyBackboneConfig(clip_steps=steps, clip_hard_negatives=int(spec["hard_negatives"]), progress=False,
+                                threads=None)
+        t = time.perf_counter()
+        r = _train_clip(cfg, data, d)
+        rec_path.write_text(json.dumps({"spec": spec, "clip": r, "wall_time_s": round(time.perf_counter() - t, 1)}))
+    return (CLIPTextModelWithProjection.from_pretrained(d / "text_encoder", use_safetensors=True),
+            json.loads(rec_path.read_text()))
+
+
+@torch.no_grad()
+def text_separation(text, tok) -> dict:
+    """Mean / least L2 distance between the U-Net contexts of captions that differ in one attribute.
+
+    The shipped toy CLIP keeps category and place words quiet (small distances) and colour loud.
+    """
+    from brainrecon.data.scenes import CATEGORIES, COLOURS, PLACE_WORDS
+
+    families = {"category": [f"a large red {w} at the top on a plain grey background" for w in CATEGORIES],
+                "colour": [f"a large {w} ring at the top on a plain grey background" for w in COLOURS],
+                "place": [f"a large red ring {w} on a plain grey background" for w in PLACE_WORDS.values()]}
+    out = {}
+    for kind, caps in families.items():
+        ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids
+        h = text(ids).last_hidden_state.flatten(1)
+        d = torch.cdist(h, h)
+        iu = torch.triu_indices(len(caps), len(caps), 1)
+        v = d[iu[0], iu[1]]
+        out[kind] = {"mean": round(float(v.mean()), 2), "min": round(float(v.min()), 2)}
+    return out
 
 
 # ----------------------------------------------------------------------------- models
@@ -342,7 +395,9 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
                 fragility[f"sigma{sg:g}"] = round(attribute_accuracy(next(iter(judges.values())), xn, te.category,
                                                                      te.colour)["category"], 4)
     in_ch, side = x0_all.shape[1], x0_all.shape[-1]
-    text = CLIPTextModelWithProjection.from_pretrained(TOY_WEIGHTS_DIR / "text_encoder").eval().requires_grad_(False)
+    text, clip_rec = get_text_encoder(f["clip"], data, Path(args.work), args.quick)
+    text = text.eval().requires_grad_(False)
+    clip_rec = {**clip_rec, "separation": text_separation(text, data["tokenizer"])}
     width = text.config.hidden_size
     unet = make_denoiser(f, in_ch, side, width)
     if f["coords"]:
@@ -489,7 +544,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
 
     def finish():
         return {"factors": {k: (list(v) if isinstance(v, tuple) else v) for k, v in f.items()},
-                "parent": RUNGS[name][1], "question": RUNGS[name][2], "vae": vae_rec,
+                "parent": RUNGS[name][1], "question": RUNGS[name][2], "vae": vae_rec, "text_encoder": clip_rec,
                 "vae_and_cache_wall_s": round(t_vae, 1), "curve": curve, "round_trip_psnr_db": round(psnr, 2),
                 "judge_ceiling_round_trip": ceiling, "latent_fragility_category": fragility,
                 "unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 3),

@@ -148,3 +148,33 @@ def test_swap_caption_word_changes_exactly_one_word_of_its_kind():
         ["on a plain grey background"]                                     # background colours never swap
     with pytest.raises(InvalidInputError, match="attribute must be one of"):
         sc.swap_caption_word(caps, "size", np.random.default_rng(0))
+
+
+def _places(caption):
+    """The place phrases of a caption, in order (each object's phrase follows its category word)."""
+    objs = caption.split(" on a ")[0].replace(" and ", ", ").split(", ")
+    return [" ".join(o.split()[4:]) for o in objs]
+
+
+def test_swap_caption_word_place_replaces_one_whole_place_phrase():
+    caps = sc.make_scenes(60, image_size=32, seed=6).captions
+    phrases = set(sc.PLACE_WORDS.values())
+    for which in ("main", "any"):
+        new = sc.swap_caption_word(caps, "place", np.random.default_rng(3), which)
+        moved_other = 0
+        for a, b in zip(caps, new):
+            pa, pb = _places(a), _places(b)
+            assert len(pa) == len(pb) and set(pb) <= phrases
+            changed = [i for i, (x, y) in enumerate(zip(pa, pb)) if x != y]
+            assert len(changed) == 1                                  # one phrase, and it changed
+            assert a.split(" on a ")[1] == b.split(" on a ")[1]       # the background is untouched
+            if which == "main":
+                assert changed == [0]                                 # the main object's place
+            moved_other += changed[0] > 0
+        if which == "any":
+            assert moved_other > 0
+    # "at the top" is not mistaken for the start of "at the top left" (longest phrase first)
+    out = sc.swap_caption_word(["a large red ring at the top left on a plain grey background"] * 200, "place",
+                               np.random.default_rng(4))
+    assert all(_places(o)[0] != "at the top left" for o in out)
+    assert {_places(o)[0] for o in out} == phrases - {"at the top left"}

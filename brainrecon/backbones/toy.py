@@ -70,8 +70,8 @@ class ToyBackboneConfig:
     clip_hard_negatives : int
         Hard-negative captions per image (NegCLIP): the first ``k`` of the main object's
         category swapped, any object's category swapped, any object's colour swapped, the main
-        object's colour swapped. They join the batch's captions in the image → text loss. ``0``
-        is plain symmetric InfoNCE.
+        object's colour swapped, the main object's place phrase swapped. They join the batch's
+        captions in the image → text loss. ``0`` is plain symmetric InfoNCE.
     vae_channels : tuple of int
         ``block_out_channels`` of the VAE; ``len - 1`` halvings (3 -> ×4).
     vae_latent_channels : int

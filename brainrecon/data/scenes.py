@@ -290,7 +290,7 @@ def caption_for(objects: list, background: dict, image_size: int = 64) -> str:
 
 
 def swap_caption_word(captions, attribute: str, rng: np.random.Generator, which: str = "main") -> list[str]:
-    """Hard-negative captions: one category (or colour) word replaced by another of its kind.
+    """Hard-negative captions: one category, colour or place phrase replaced by another of its kind.
 
     Each caption keeps every other word, so telling it from the original needs exactly the
     swapped attribute (the "hard negatives" of NegCLIP, Yuksekgonul et al., ICLR 2023).
@@ -299,8 +299,9 @@ def swap_caption_word(captions, attribute: str, rng: np.random.Generator, which:
     ----------
     captions : sequence of str
         Grammar captions (:func:`caption_for`).
-    attribute : {"category", "colour"}
-        Which kind of word to swap (object colours only, never the background's).
+    attribute : {"category", "colour", "place"}
+        Which kind of word to swap (object colours only, never the background's; a place is a whole
+        phrase such as "at the top left").
     rng : numpy.random.Generator
         Picks the word (with ``which="any"``) and its replacement.
     which : {"main", "any"}
@@ -313,10 +314,12 @@ def swap_caption_word(captions, attribute: str, rng: np.random.Generator, which:
         Captions with the word replaced by a different one of the same kind, chosen uniformly;
         a caption without such a word is returned unchanged.
     """
-    kinds = {"category": list(CATEGORIES), "colour": list(COLOURS)}
+    kinds = {"category": list(CATEGORIES), "colour": list(COLOURS), "place": list(PLACE_WORDS.values())}
     if attribute not in kinds or which not in ("main", "any"):
         raise InvalidInputError(f"swap_caption_word: attribute must be one of {sorted(kinds)} and which "
                                 f"'main' or 'any'; got {attribute!r}, {which!r}.")
+    if attribute == "place":
+        return [_swap_place(cap, rng, which) for cap in captions]
     words = kinds[attribute]
     out = []
     for cap in captions:
@@ -329,6 +332,26 @@ def swap_caption_word(captions, attribute: str, rng: np.random.Generator, which:
             toks[i] = new + toks[i][len(w):]
         out.append(" ".join(toks))
     return out
+
+
+def _swap_place(caption: str, rng: np.random.Generator, which: str) -> str:
+    """``caption`` with one object's place phrase (the main one's, or any) replaced by another."""
+    phrases = sorted(PLACE_WORDS.values(), key=len, reverse=True)    # "at the top left" before "at the top"
+    spans, i = [], 0
+    while i < len(caption):
+        hit = next((ph for ph in phrases if caption.startswith(ph, i)
+                    and (i + len(ph) == len(caption) or caption[i + len(ph)] in " ,")), None)
+        if hit is not None and (i == 0 or caption[i - 1] == " "):
+            spans.append((i, hit))
+            i += len(hit)
+        else:
+            i += 1
+    if not spans:
+        return caption
+    start, old = spans[0] if which == "main" else spans[int(rng.integers(len(spans)))]
+    others = [ph for ph in PLACE_WORDS.values() if ph != old]
+    new = others[int(rng.integers(len(others)))]
+    return caption[:start] + new + caption[start + len(old):]
 
 
 def vocabulary() -> list[str]:

@@ -75,7 +75,7 @@ def _summary(res, n: int = 50) -> dict:
 
 # ------------------------------------------------------------------------------- parts
 #: The hard-negative captions of toy CLIP, in the order ``clip_hard_negatives`` takes them.
-HARD_NEGATIVES = (("category", "main"), ("category", "any"), ("colour", "any"), ("colour", "main"))
+HARD_NEGATIVES = (("category", "main"), ("category", "any"), ("colour", "any"), ("colour", "main"), ("place", "main"))
 
 
 def _hard_negative_ids(cfg, data, idx, step: int) -> torch.Tensor:
