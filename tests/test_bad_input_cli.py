@@ -150,7 +150,7 @@ def test_evaluate_missing_weights_folder(tmp_path, capsys):
 def test_demo_with_a_truncated_reconstructor_names_the_file(tmp_path, capsys):
     rec = tmp_path / "rec"
     shutil.copytree(TOY_RECONSTRUCTOR_DIR, rec)
-    f = rec / "model" / "hlgn" / "diffusion_pytorch_model.safetensors"
+    f = rec / "conditioner" / "hlgn" / "diffusion_pytorch_model.safetensors"
     f.write_bytes(f.read_bytes()[:100])
     _fails_fast(["demo", "--out", tmp_path / "o", "--reconstructor", rec], capsys, str(f), "truncated")
     (rec / "backbone.json").write_text('{"backbone": "to')
@@ -161,7 +161,7 @@ def test_demo_with_a_truncated_reconstructor_names_the_file(tmp_path, capsys):
 # ----------------------------------------------------------------------------- group 7: one scoring path
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
-    if not (TOY_RECONSTRUCTOR_DIR / "model").is_dir():
+    if not (TOY_RECONSTRUCTOR_DIR / "conditioner").is_dir():
         pytest.skip("the shipped toy reconstructor is not installed")
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     assert main(["demo", "--out", str(out), "--world", "smoke", "--n-test", "4", "--steps", "2", "--seed", "1"]) == 0

@@ -212,7 +212,7 @@ def test_loaders_never_open_a_pickle_next_to_the_safetensors(toy_copy, tmp_path)
     for part in ("unet/diffusion_pytorch_model.bin", "text_encoder/pytorch_model.bin"):
         torch.save(_Bomb(marker), toy_copy / part)
     rec = _copy(TOY_RECONSTRUCTOR_DIR, tmp_path / "rec")
-    torch.save(_Bomb(marker), rec / "model" / "llmn" / "diffusion_pytorch_model.bin")
+    torch.save(_Bomb(marker), rec / "conditioner" / "llmn" / "diffusion_pytorch_model.bin")
     _replace(rec / "backbone.json", b'{"backbone": "%s"}' % str(toy_copy).encode())
     load_backbone(toy_copy)
     load_reconstructor(rec)
@@ -225,8 +225,8 @@ def rec_copy(tmp_path):
     return _copy(TOY_RECONSTRUCTOR_DIR, tmp_path / "rec")
 
 
-@pytest.mark.parametrize("rel", ["backbone.json", "model/llmn/diffusion_pytorch_model.safetensors",
-                                 "model/encoder/diffusion_pytorch_model.safetensors"])
+@pytest.mark.parametrize("rel", ["backbone.json", "conditioner/llmn/diffusion_pytorch_model.safetensors",
+                                 "conditioner/encoder/diffusion_pytorch_model.safetensors"])
 def test_truncated_reconstructor_files_are_named(rec_copy, rel):
     bad = _truncate(rec_copy / rel)
     with pytest.raises(CheckpointError) as e:
@@ -244,7 +244,7 @@ def test_truncated_pipeline_json_is_named(rec_copy):
 def test_a_pickled_only_reconstructor_part_is_refused(rec_copy):
     from safetensors.torch import load_file
 
-    part = rec_copy / "model" / "hlgn"
+    part = rec_copy / "conditioner" / "hlgn"
     sd = load_file(str(part / "diffusion_pytorch_model.safetensors"))
     (part / "diffusion_pytorch_model.safetensors").unlink()
     torch.save(sd, part / "diffusion_pytorch_model.bin")

@@ -13,7 +13,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from brainrecon.errors import InvalidInputError
+from brainrecon.errors import CheckpointError, InvalidInputError
 from brainrecon.models.conditioner import BrainConditioner
 from brainrecon.sampling import BrainToImagePipeline
 from reconstructor_helpers import make_model
@@ -229,3 +229,57 @@ def test_a_non_conditioner_is_refused():
     with pytest.raises(InvalidInputError, match="must be a BrainConditioner"):
         BrainToImagePipeline(bb.unet, bb.vae, bb.scheduler, torch.nn.Linear(2, 2), text_encoder=bb.text_encoder,
                              tokenizer=bb.tokenizer)
+
+
+def test_save_load_and_load_reconstructor_build_any_conditioner_from_model_index(env, tmp_path):
+    """model_index.json names the conditioner's class: load_reconstructor needs no hard-coded method."""
+    import json
+
+    from brainrecon.sampling import load_reconstructor, register_conditioner
+
+    for light in (True, False):
+        d = tmp_path / f"ridge_{light}"
+        env.pipe.save_pretrained(d, save_backbone=not light)
+        index = json.loads((d / "model_index.json").read_text())
+        assert index["conditioner"] == [RidgeConditioner.__module__, "RidgeConditioner"]
+        assert (index["unet"] is None) == light and (d / "conditioner" / "config.json").is_file()
+        if light:                                         # before registration: no arbitrary imports
+            with pytest.raises(CheckpointError, match="register_conditioner"):
+                load_reconstructor(d)
+            register_conditioner(RidgeConditioner)
+        back = load_reconstructor(d)
+        assert isinstance(back.conditioner, RidgeConditioner) and back.config.flatmap is None
+        back.set_progress_bar_config(disable=True)
+        a = env.pipe(env.vox[:2], num_inference_steps=STEPS, generator=gens(2)).images
+        b = back(env.vox[:2], num_inference_steps=STEPS, generator=gens(2)).images
+        assert torch.equal(a, b)
+
+
+def test_the_shipped_reconstructor_folder_has_a_model_index():
+    import json
+
+    from brainrecon.sampling import TOY_RECONSTRUCTOR_DIR, load_reconstructor
+    from brainrecon.models import NeuroPictorModel
+
+    index = json.loads((TOY_RECONSTRUCTOR_DIR / "model_index.json").read_text())
+    assert index["_class_name"] == "BrainToImagePipeline"
+    assert index["conditioner"] == ["brainrecon.models.neuropictor", "NeuroPictorModel"]
+    assert isinstance(load_reconstructor().conditioner, NeuroPictorModel)
+
+
+def test_an_index_naming_a_non_conditioner_or_a_missing_class_is_refused(tmp_path):
+    import json
+    import shutil
+
+    from brainrecon.sampling import TOY_RECONSTRUCTOR_DIR, load_reconstructor
+
+    d = tmp_path / "rec"
+    shutil.copytree(TOY_RECONSTRUCTOR_DIR, d)
+    for entry, match in ((["brainrecon.models.hlgn", "HighLevelGuidingNetwork"], "is not a BrainConditioner"),
+                         (["brainrecon.models.neuropictor", "NoSuchModel"], "does not have"),
+                         ("NeuroPictorModel", r"must be \[module, class\]")):
+        index = json.loads((d / "model_index.json").read_text())
+        index["conditioner"] = entry
+        (d / "model_index.json").write_text(json.dumps(index))
+        with pytest.raises(CheckpointError, match=match):
+            load_reconstructor(d)

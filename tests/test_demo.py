@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def reconstructor(tmp_path_factory):
     from brainrecon.sampling import TOY_RECONSTRUCTOR_DIR
 
-    if (TOY_RECONSTRUCTOR_DIR / "model").is_dir():
+    if (TOY_RECONSTRUCTOR_DIR / "conditioner").is_dir():
         return None  # the shipped one (the default of --reconstructor)
     return str(write_tiny_reconstructor(tmp_path_factory.mktemp("rec") / "tiny"))
 

@@ -1,16 +1,18 @@
 """Reconstructor folders: what :class:`~brainrecon.sampling.BrainToImagePipeline` saves and loads.
 
-Two layouts, both read by :func:`load_reconstructor_folder` (``BrainToImagePipeline.from_pretrained``):
+Every folder holds ``model_index.json`` (:mod:`brainrecon.sampling.index`: each component's library and
+class, as diffusers writes it) and the method's ``conditioner/`` (its ``save_pretrained``), so
+:func:`load_reconstructor` builds any method's pipeline without hard-coded classes. Two layouts:
 
-* **light** — ``model/`` (``NeuroPictorModel.save_pretrained``) + ``backbone.json``
-  (``{"backbone": "toy"}`` or a backbone folder, relative to the reconstructor or absolute); this is
-  what the ``refine_subject`` stage writes and what ships in ``brainrecon/weights/neuropictor_toy/``;
-* **full** — ``model/`` + ``unet/ vae/ scheduler/`` (+ ``text_encoder/ tokenizer/``) +
+* **light** — ``conditioner/`` + ``backbone.json`` (``{"backbone": "toy"}`` or a backbone folder, relative
+  to the reconstructor or absolute); what ships in ``brainrecon/weights/neuropictor_toy/``;
+* **full** — ``conditioner/`` + ``unet/ vae/ scheduler/`` (+ ``text_encoder/ tokenizer/``) +
   ``empty_prompt_embeds.safetensors``.
 
 Both may hold ``pipeline.json`` (sampling defaults, flatmap settings, ``info``). Keys of
 ``backbone.json`` / ``pipeline.json`` that are not settings (``subject``, ``stage``...) end up in
-``pipe.info``, with ``path``, the folder.
+``pipe.info``, with ``path``, the folder. Folders written before ``model_index.json`` existed (NeuroPictor's
+``model/`` instead of ``conditioner/``, as the ``refine_subject`` stage writes them) still load.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 
 from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, check_device, reading
 from ..io import check_safetensors, read_json
+from .index import INDEX_NAME, conditioner_entry, resolve_conditioner
 
 __all__ = ["save_reconstructor_folder", "load_reconstructor_folder", "load_reconstructor", "reconstructor_info",
            "TOY_RECONSTRUCTOR_DIR"]
@@ -28,7 +31,8 @@ __all__ = ["save_reconstructor_folder", "load_reconstructor_folder", "load_recon
 TOY_RECONSTRUCTOR_DIR = Path(__file__).resolve().parent.parent / "weights" / "neuropictor_toy"
 #: keys of backbone.json / pipeline.json read as settings; any others land in ``pipe.info``
 _KNOWN = ("_class_name", "backbone", "backbone_source", "guidance_scale", "num_inference_steps", "flatmap", "info")
-_HINT = ("A reconstructor folder holds model/ (NeuroPictorModel.save_pretrained) and either backbone.json "
+_HINT = ("A reconstructor folder holds model_index.json with conditioner/ (or, written before it, NeuroPictor's "
+         "model/) and either backbone.json "
          "({\"backbone\": \"toy\"} or a backbone folder) or the backbone parts unet/ vae/ scheduler/. "
          "Write one with BrainToImagePipeline.save_pretrained or the refine_subject stage.")
 _FIX = ("Copy the reconstructor folder again from where it came from, or rewrite it with "
@@ -45,12 +49,19 @@ def save_reconstructor_folder(pipe, save_directory, save_backbone: bool | None =
         raise InvalidInputError("this pipeline does not know its backbone's folder (it was not built with "
                                 "from_backbone on a saved backbone); use save_backbone=True.")
     save_directory = Path(save_directory)
+    parts = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
     with atomic_dir(save_directory) as tmp:
-        pipe.conditioner.save_pretrained(tmp / "model")
+        pipe.conditioner.save_pretrained(tmp / "conditioner")
+        index = {"_class_name": type(pipe).__name__, "_brainrecon_version": _version(),
+                 "conditioner": conditioner_entry(pipe.conditioner)}
+        for name in parts:
+            part = None if light else getattr(pipe, name, None)
+            index[name] = None if part is None else [type(part).__module__.split(".")[0], type(part).__name__]
+        write_json(tmp / INDEX_NAME, index)
         if light:
             write_json(tmp / "backbone.json", {"backbone": source})
         else:
-            for name in ("unet", "vae", "scheduler", "text_encoder", "tokenizer"):
+            for name in parts:
                 part = getattr(pipe, name, None)
                 if part is not None:
                     part.save_pretrained(tmp / name)
@@ -60,9 +71,23 @@ def save_reconstructor_folder(pipe, save_directory, save_backbone: bool | None =
                       str(tmp / "empty_prompt_embeds.safetensors"))
         write_json(tmp / "pipeline.json", {
             "_class_name": type(pipe).__name__, "guidance_scale": pipe.config.default_guidance_scale,
-            "num_inference_steps": pipe.config.default_num_inference_steps, "flatmap": dict(pipe.config.flatmap),
+            "num_inference_steps": pipe.config.default_num_inference_steps,
+            "flatmap": None if pipe.config.flatmap is None else dict(pipe.config.flatmap),
             "backbone_source": source, "info": {k: v for k, v in pipe.info.items() if k != "path"}})
     return save_directory
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _conditioner_dir(d: Path) -> Path:
+    """``conditioner/`` (named by ``model_index.json``) or, in folders written before it, ``model/``."""
+    if (d / INDEX_NAME).is_file():
+        return d / "conditioner"
+    return d / "model"
 
 
 def _settings(directory) -> tuple[Path, dict]:
@@ -70,8 +95,8 @@ def _settings(directory) -> tuple[Path, dict]:
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise DataNotFoundError(f"the reconstructor folder {str(directory)!r}", [d], hint=_HINT)
-    if not (d / "model").is_dir():
-        raise CheckpointError(f"{d} is not a reconstructor folder: {d / 'model'} is missing. {_HINT}")
+    if not _conditioner_dir(d).is_dir():
+        raise CheckpointError(f"{d} is not a reconstructor folder: {_conditioner_dir(d)} is missing. {_HINT}")
     settings = {}
     for name in ("backbone.json", "pipeline.json"):
         if (d / name).is_file():
@@ -92,15 +117,21 @@ def reconstructor_info(path=None) -> dict:
 def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | None = None, **overrides):
     """A ``cls`` (``BrainToImagePipeline``) from a light or full reconstructor folder."""
     from ..models import NeuroPictorModel
-    from ..models.neuropictor import PARTS
 
     device = check_device(device)
     d, settings = _settings(directory)
-    for part in PARTS:
-        if (d / "model" / part / "config.json").is_file():
-            check_safetensors(d / "model" / part, f"the NeuroPictor {part}", _FIX)
-    with reading(d / "model", _FIX):
-        model = NeuroPictorModel.from_pretrained(d / "model", use_safetensors=True)
+    cdir = _conditioner_dir(d)
+    if (d / INDEX_NAME).is_file():              # the class is named by the folder (diffusers' model_index.json)
+        index = read_json(d / INDEX_NAME, _FIX)
+        cond_cls = resolve_conditioner(index.get("conditioner"), d)
+    else:                                       # written before model_index.json: NeuroPictor's model/
+        cond_cls = NeuroPictorModel
+    weight_dirs = [cdir] if (cdir / "config.json").is_file() else sorted(
+        p.parent for p in cdir.glob("*/config.json"))
+    for w in weight_dirs:
+        check_safetensors(w, f"the conditioner part {w.relative_to(d)}", _FIX)
+    with reading(cdir, _FIX):
+        model = cond_cls.from_pretrained(cdir, use_safetensors=True)
     defaults = {k: overrides.get(k, settings.get(k)) for k in ("guidance_scale", "num_inference_steps", "flatmap")}
     if (d / "backbone.json").is_file():
         from ..backbones import load_backbone
@@ -208,8 +239,8 @@ def load_reconstructor(path=None, device=None, dtype: torch.dtype | None = None,
 def _path_or_shipped(path):
     if path is not None:
         return path
-    if not (TOY_RECONSTRUCTOR_DIR / "model").is_dir():
-        shipped = [TOY_RECONSTRUCTOR_DIR, TOY_RECONSTRUCTOR_DIR / "model"]
+    if not _conditioner_dir(TOY_RECONSTRUCTOR_DIR).is_dir():
+        shipped = [TOY_RECONSTRUCTOR_DIR, TOY_RECONSTRUCTOR_DIR / INDEX_NAME, TOY_RECONSTRUCTOR_DIR / "conditioner"]
         raise DataNotFoundError("the shipped toy reconstructor", shipped, data_card="neuropictor_toy.md",
                                 hint="Train one with the NeuroPictor stages (refine_subject writes model/ + "
                                      "backbone.json) and pass its folder.")
