@@ -104,3 +104,13 @@ def test_ladder_quick_mode_writes_every_column(tmp_path):
     table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_unet_ladder.py"), "--table",
                             str(tmp_path / "quick.json")], capture_output=True, text=True, timeout=120).stdout
     assert "| v_pred |" in table and "| base |" in table
+
+
+def test_text_probe_quick_reads_the_shipped_encoders_contexts():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_text_probe.py"), "--quick"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    sep = res["separation"]
+    assert sep["colour"]["mean"] > 2 * sep["place"]["mean"]          # the shipped encoder's quiet place words
+    assert all(0 <= v <= 1 for v in res["linear_readout"].values()) and res["linear_readout"]["colour"] > 0.5
