@@ -94,6 +94,8 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_negclip_place": (dict(clip=dict(hard_negatives=5, steps=800)), "v_pred",
                         "v_pred with toy CLIP retrained with NegCLIP hard negatives: main/any category, any/main "
                         "colour and main place swapped (800 steps)"),
+    "v_attn_all": (dict(attn_levels=(0, 1, 2)), "v_pred", "v_pred with attention on every level"),
+    "v_deeper": (dict(layers_per_block=2), "v_pred", "v_pred with two res-blocks per level"),
     "v_one_object": (dict(max_objects=1), "v_pred",
                      "v_pred on a world of one object per scene (training and judged captions; same backgrounds)"),
     "cosine": (dict(schedule="cosine"), "base", "cosine noise schedule"),
