@@ -342,8 +342,8 @@ def test_ship_reconstructor_loads_as_pipeline_and_checks_size(chain, world, back
     run = refine_subject(RefineConfig.smoke(output_dir=str(tmp_path / "iii"), init_from=str(pre), steps=1,
                                             cfg_steps=0), world=world, backbone=backbone)
     ship = toy_recipe.ship_reconstructor(run, tmp_path / "ship")
-    assert sorted(p.name for p in ship.iterdir()) == ["backbone.json", "config.json", "metrics.json", "model",
-                                                       "run.json"]
+    assert sorted(p.name for p in ship.iterdir()) == ["backbone.json", "conditioner", "config.json", "metrics.json",
+                                                       "model_index.json", "run.json"]
     pipe = BrainToImagePipeline.from_pretrained(ship)
     assert pipe.map_shape == (1, 32, 32) and pipe.config.flatmap["crop"] == "visual"
     out = pipe(torch.zeros(1, 1, 32, 32), num_inference_steps=2, generator=torch.Generator().manual_seed(0))

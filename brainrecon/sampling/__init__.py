@@ -9,7 +9,7 @@ Public names are importable from here (loaded lazily, so ``import brainrecon.sam
 from .._lazy import lazy_exports
 
 _EXPORTS = {
-    "BrainToImagePipeline": "pipeline", "load_reconstructor": "folders", "register_conditioner": "index",
+    "BrainToImagePipeline": "pipeline", "load_reconstructor": "folders", "register_conditioner": "folders",
     "TOY_RECONSTRUCTOR_DIR": "folders", "save_reconstructor_folder": "folders",
     "load_reconstructor_folder": "folders", "reconstructor_info": "folders",
     "reconstruct": "explore", "sweep_control_scale": "explore", "swap_grid": "explore",

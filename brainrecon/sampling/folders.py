@@ -1,6 +1,6 @@
 """Reconstructor folders: what :class:`~brainrecon.sampling.BrainToImagePipeline` saves and loads.
 
-Every folder holds ``model_index.json`` (:mod:`brainrecon.sampling.index`: each component's library and
+Every folder holds ``model_index.json`` (:mod:`brainrecon.models.index`: each component's library and
 class, as diffusers writes it) and the method's ``conditioner/`` (its ``save_pretrained``), so
 :func:`load_reconstructor` builds any method's pipeline without hard-coded classes. Two layouts:
 
@@ -22,7 +22,7 @@ import torch
 
 from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, check_device, reading
 from ..io import check_safetensors, read_json
-from .index import INDEX_NAME, conditioner_entry, resolve_conditioner
+from ..models.index import INDEX_NAME, register_conditioner, resolve_conditioner, write_index  # noqa: F401
 
 __all__ = ["save_reconstructor_folder", "load_reconstructor_folder", "load_reconstructor", "reconstructor_info",
            "TOY_RECONSTRUCTOR_DIR"]
@@ -52,12 +52,7 @@ def save_reconstructor_folder(pipe, save_directory, save_backbone: bool | None =
     parts = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
     with atomic_dir(save_directory) as tmp:
         pipe.conditioner.save_pretrained(tmp / "conditioner")
-        index = {"_class_name": type(pipe).__name__, "_brainrecon_version": _version(),
-                 "conditioner": conditioner_entry(pipe.conditioner)}
-        for name in parts:
-            part = None if light else getattr(pipe, name, None)
-            index[name] = None if part is None else [type(part).__module__.split(".")[0], type(part).__name__]
-        write_json(tmp / INDEX_NAME, index)
+        write_index(tmp, pipe.conditioner, None if light else {n: getattr(pipe, n, None) for n in parts})
         if light:
             write_json(tmp / "backbone.json", {"backbone": source})
         else:
@@ -75,12 +70,6 @@ def save_reconstructor_folder(pipe, save_directory, save_backbone: bool | None =
             "flatmap": None if pipe.config.flatmap is None else dict(pipe.config.flatmap),
             "backbone_source": source, "info": {k: v for k, v in pipe.info.items() if k != "path"}})
     return save_directory
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def _conditioner_dir(d: Path) -> Path:

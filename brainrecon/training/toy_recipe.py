@@ -37,17 +37,25 @@ from .stages import (EncoderPretrainConfig, MultisubjectConfig, RefineConfig, pr
 
 __all__ = ["train_toy_reconstructor", "ship_reconstructor", "SHIP_FILES", "MAX_SHIP_BYTES"]
 
-#: Files copied next to ``model/`` when shipping.
+#: Files copied next to ``conditioner/`` when shipping.
 SHIP_FILES = ("backbone.json", "config.json", "metrics.json", "run.json")
 #: Size limit of a shipped reconstructor.
 MAX_SHIP_BYTES = 10 * 1024 * 1024
 
 
 def ship_reconstructor(run_dir, dest) -> Path:
-    """Copy a stage-iii folder's loadable parts (``model/``, ``backbone.json``, records) to ``dest``."""
+    """Copy a stage-iii folder's loadable parts to ``dest`` in the shipped layout.
+
+    The stage's ``model/`` becomes ``conditioner/`` beside a ``model_index.json`` naming its class
+    (:mod:`brainrecon.models.index`); ``backbone.json`` and the run's records come along.
+    """
+    from ..models.index import write_index
+    from ..models.neuropictor import NeuroPictorModel
+
     run_dir, dest = Path(run_dir), Path(dest)
     with atomic_dir(dest) as d:
-        shutil.copytree(run_dir / "model", d / "model")
+        shutil.copytree(run_dir / "model", d / "conditioner")
+        write_index(d, NeuroPictorModel)
         for f in SHIP_FILES:
             shutil.copy2(run_dir / f, d / f)
         size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())

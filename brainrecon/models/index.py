@@ -13,11 +13,16 @@ are ever built from an index: a folder cannot make brainrecon import arbitrary c
 """
 from __future__ import annotations
 
+import json
 from importlib import import_module
+from pathlib import Path
 
 from ..errors import CheckpointError
 
-__all__ = ["register_conditioner", "conditioner_entry", "resolve_conditioner", "INDEX_NAME"]
+__all__ = ["register_conditioner", "conditioner_entry", "resolve_conditioner", "write_index", "INDEX_NAME"]
+
+#: the backbone components an index names (``None`` where a light folder takes them from ``backbone.json``)
+BACKBONE_PARTS = ("unet", "vae", "scheduler", "text_encoder", "tokenizer")
 
 INDEX_NAME = "model_index.json"
 _REGISTRY: dict[tuple[str, str], type] = {}
@@ -33,9 +38,24 @@ def register_conditioner(cls: type) -> type:
 
 
 def conditioner_entry(conditioner) -> list[str]:
-    """``[module, class]`` of a conditioner, as the index records it."""
-    cls = type(conditioner)
+    """``[module, class]`` of a conditioner (or of a conditioner class), as the index records it."""
+    cls = conditioner if isinstance(conditioner, type) else type(conditioner)
     return [cls.__module__, cls.__name__]
+
+
+def write_index(folder, conditioner, parts: dict | None = None) -> Path:
+    """Write ``folder/model_index.json`` for a reconstructor: the conditioner's class and, for a full
+    folder, each backbone part's ``[library, class]`` (``parts``: ``{name: object}``; missing → ``null``)."""
+    from .. import __version__
+
+    index = {"_class_name": "BrainToImagePipeline", "_brainrecon_version": __version__,
+             "conditioner": conditioner_entry(conditioner)}
+    for name in BACKBONE_PARTS:
+        part = (parts or {}).get(name)
+        index[name] = None if part is None else [type(part).__module__.split(".")[0], type(part).__name__]
+    path = Path(folder) / INDEX_NAME
+    path.write_text(json.dumps(index, indent=2) + "\n")
+    return path
 
 
 def resolve_conditioner(entry, folder) -> type:
