@@ -1,4 +1,5 @@
-"""Models: NeuroPictor's calibrated encoder, High-Level Guiding and Low-Level Manipulation Networks.
+"""Models: the conditioner interface every method implements, and NeuroPictor's calibrated encoder,
+High-Level Guiding and Low-Level Manipulation Networks.
 
 Public names are importable from here (loaded lazily, so ``import brainrecon.models`` is cheap)::
 
@@ -11,5 +12,6 @@ _EXPORTS = {
     "HighLevelGuidingNetwork": "hlgn", "HighLevelGuidingOutput": "hlgn", "semantic_loss": "hlgn",
     "LowLevelManipulationNetwork": "llmn", "FeatureTransformation": "llmn",
     "NeuroPictorModel": "neuropictor", "NeuroPictorOutput": "neuropictor",
+    "BrainConditioner": "conditioner", "register_conditioner": "index",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
