@@ -30,7 +30,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..diffusion import denoise_latents, predict_original_sample
-from ..errors import InvalidInputError, check_choice
+from ..errors import InvalidInputError, check_choice, check_range
 from .folders import (TOY_RECONSTRUCTOR_DIR, load_reconstructor, load_reconstructor_folder,  # noqa: F401 (re-exports)
                       save_reconstructor_folder)
 
@@ -383,32 +383,17 @@ class BrainToImagePipeline(DiffusionPipeline):
         return load_reconstructor_folder(cls, directory, device=device, dtype=dtype, **kwargs)
 
 
-def _finite_number(name: str, value, low: float, high: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"{name} must be a number; got {value!r}.") from None
-    if not (low <= v <= high):                       # NaN fails both comparisons
-        raise InvalidInputError(f"{name}={value!r} is outside [{low:g}, {high:g}]; pass a finite value in that range.")
-    return v
-
-
 def _check_settings(gs, steps, alpha, eta, strength, kappa, eta_fg):
     """The call's scalar settings, refused (named, with the range) before any compute."""
-    if isinstance(steps, bool) or not hasattr(steps, "__index__"):
-        raise InvalidInputError(f"num_inference_steps must be a whole number >= 1; got {steps!r}.")
-    steps = int(steps)
-    if steps < 1:
-        raise InvalidInputError(f"num_inference_steps must be >= 1; got {steps}.")
-    strength = _finite_number("strength", strength, 1e-6, 1.0)
+    steps = check_range("num_inference_steps", steps, 1)
+    strength = check_range("strength", strength, 1e-6, 1.0, float)
     if round(steps * strength) < 1:
         raise InvalidInputError(f"strength={strength:g} with num_inference_steps={steps} runs no step; raise either "
                                 f"so that strength x steps >= 0.5.")
-    return (_finite_number("guidance_scale", gs, 0.0, 50.0), steps,
-            _finite_number("control_scale", alpha, 0.0, 10.0), _finite_number("eta", eta, 0.0, 1.0),
-            strength,
-            _finite_number("feature_guidance_scale", kappa, 0.0, 1e12),
-            _finite_number("feature_guidance_strength", eta_fg, 0.0, 1.0))
+    return (check_range("guidance_scale", gs, 0.0, 50.0, float), steps,
+            check_range("control_scale", alpha, 0.0, 10.0, float), check_range("eta", eta, 0.0, 1.0, float),
+            strength, check_range("feature_guidance_scale", kappa, 0.0, None, float),
+            check_range("feature_guidance_strength", eta_fg, 0.0, 1.0, float))
 
 
 def _feature_guidance(scheduler, x, out, t, loss_fn, kappa: float):
