@@ -74,9 +74,13 @@ def drive_explorer(page, shots, prefix: str) -> dict:
             ("alpha", lambda: set_slider(page, "α", 0.5), "α = 0.5"),
             ("cfg", lambda: set_slider(page, "CFG", 2.0), "CFG = 2"),
             ("swap", lambda: pick(page, "semantics", "scan 1"), "semantics of scan 1")):
+        t0 = time.monotonic()
         action()
         wait_until(page, lambda: expect in status(page), what=f"the label to read {expect!r}")
         wait_until(page, lambda: digest(panel_png(page)) != digest(before), what="the reconstruction to change")
+        round_trip = time.monotonic() - t0
         before = snap(name)
+        states[name]["round_trip_s"] = round(round_trip, 2)
+        print(f"{prefix} {name}: new image and label {round_trip:.2f} s after the move")
         assert no_figure_text(page), f"a figure shows as text after {name}"
     return states

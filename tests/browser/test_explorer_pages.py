@@ -16,6 +16,7 @@ def _check(states):
     assert "α = 0.5 · CFG = 5" in states["alpha"]["status"]
     assert "α = 0.5 · CFG = 2" in states["cfg"]["status"] and "semantics of scan 1" in states["swap"]["status"]
     assert len({s["panel"] for s in states.values()}) == 4          # every move changed what is shown
+    assert all(states[k]["round_trip_s"] > 0 for k in ("alpha", "cfg", "swap"))
 
 
 def test_voila_explorer_page_shows_images_and_follows_the_controls(browser, tmp_path, screenshots):
@@ -47,8 +48,8 @@ def test_jupyterlab_opens_the_py_notebook_and_renders_the_explorer(browser, tmp_
     jupytext.write(jupytext.read(src), root / "explorer.py", fmt="py:percent")
     port, token = free_port(), "brainrecon-test"
     cmd = lab_command(port=port, token=token, root=root, settings_dir=tmp_path / "lab-app-settings")
-    srv = Server(cmd + ["--allow-root", "--LabApp.extension_manager=readonly"], server_env(tmp_path),
-                 tmp_path / "lab.log")
+    srv = Server(cmd + ["--allow-root", "--LabApp.extension_manager=readonly", "--LabApp.expose_app_in_browser=True"],
+                 server_env(tmp_path), tmp_path / "lab.log")
     page = None
     try:
         srv.wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=120)
@@ -56,12 +57,18 @@ def test_jupyterlab_opens_the_py_notebook_and_renders_the_explorer(browser, tmp_
         page.goto(f"http://127.0.0.1:{port}/lab/tree/explorer.py?reset&token={token}", timeout=120_000)
         page.wait_for_selector(".jp-Notebook", timeout=120_000)           # opened as a notebook, not as text
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=180_000)
+        # Run > Run All Cells, as Lab's own command (a menu click can land before the menu is wired up)
+        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands.hasCommand("
+                               "'notebook:run-all-cells')", timeout=120_000)
         page.locator(".jp-Notebook").first.click()
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_text("Run All Cells", exact=True).click()
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
         wait_for_explorer(page)
         assert no_figure_text(page)
         _check(drive_explorer(page, screenshots, "lab"))
+    except Exception:
+        if page is not None:                      # what the page showed when it failed
+            page.screenshot(path=str(screenshots / "lab_failure.png"), full_page=True)
+        raise
     finally:
         if page is not None:
             page.close()
