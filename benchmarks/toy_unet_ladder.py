@@ -352,9 +352,6 @@ def onehot(cat, col):
 
 # ----------------------------------------------------------------------------- one rung
 def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
-    from transformers import CLIPTextModelWithProjection
-
-    from brainrecon.backbones.hub import TOY_WEIGHTS_DIR
     from brainrecon.diffusion import denoise_latents
     from brainrecon.training import FitConfig, fit
     from brainrecon.metrics.backbones import attribute_accuracy

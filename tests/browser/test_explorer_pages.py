@@ -1,8 +1,5 @@
 """The explorer as a person sees it: served by Voilà and opened in JupyterLab, driven in Chromium."""
-import shutil
 import time
-
-import pytest
 
 from brainrecon.servers import lab_command, write_explorer_notebook
 from conftest import Server, free_port, server_env, venv_tool
