@@ -94,6 +94,17 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_negclip_place": (dict(clip=dict(hard_negatives=5, steps=800)), "v_pred",
                         "v_pred with toy CLIP retrained with NegCLIP hard negatives: main/any category, any/main "
                         "colour and main place swapped (800 steps)"),
+    "v_vae_noise": (dict(vae=dict(channels=(16, 32, 64), latent_channels=16, kl=1e-6, latent_noise=0.5)), "v_pred",
+                    "v_pred on an 8x8x16 VAE trained with its latents noised (sigma ~ U(0, 0.5) x latent std, "
+                    "encoder and decoder together), then the decoder fine-tuned on clean latents"),
+    "v_vae_semantic": (dict(vae=dict(channels=(16, 32, 64), latent_channels=16, kl=1e-6, semantic=0.1)), "v_pred",
+                       "v_pred on an 8x8x16 VAE whose latent must also show, per cell and through a unit-norm "
+                       "linear head, which category covers it (the renderer's segmentation; VA-VAE's alignment)"),
+    "v_vae_both": (dict(vae=dict(channels=(16, 32, 64), latent_channels=16, kl=1e-6, latent_noise=0.5,
+                                 semantic=0.1)), "v_vae_noise", "v_vae_noise with v_vae_semantic's head on the noised latent"),
+    "v_clip_attr": (dict(clip=dict(hard_negatives=0, steps=450, attribute=1.0)), "v_pred",
+                    "v_pred with toy CLIP retrained (shipped recipe, 450 steps) plus unit-norm heads that read the "
+                    "caption's main category, colour and place from the mean U-Net context (clip_attribute_weight=1)"),
     "v_attn_all": (dict(attn_levels=(0, 1, 2)), "v_pred", "v_pred with attention on every level"),
     "v_deeper": (dict(layers_per_block=2), "v_pred", "v_pred with two res-blocks per level"),
     "v_one_object": (dict(max_objects=1), "v_pred",
@@ -140,6 +151,10 @@ def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_
     return data, te
 
 
+#: Steps of a rung's own VAE and of its decoder fine-tuning (``--vae-steps``).
+VAE_STEPS = (3000, 2000)
+
+
 def _vae_dir(work: Path, spec: dict, steps: int, decoder_steps: int, n_train: int) -> Path:
     key = hashlib.sha1(json.dumps([spec, steps, decoder_steps, n_train], sort_keys=True).encode()).hexdigest()[:10]
     return work / f"vae_{key}"
@@ -179,14 +194,21 @@ def get_vae(spec, data, work: Path, quick: bool, decoder_noise: float = 0.0):
     from brainrecon.backbones.toy import ToyBackboneConfig
     from brainrecon.training.toy_backbones import _train_vae, _train_vae_decoder
 
-    steps, dsteps = (40, 20) if quick else (3000, 2000)
+    steps, dsteps = (40, 20) if quick else VAE_STEPS
     d = _vae_dir(work, spec, steps, dsteps, len(data["images"]))
     cfg = ToyBackboneConfig(vae_channels=tuple(spec["channels"]), vae_latent_channels=int(spec["latent_channels"]),
                             vae_kl_weight=float(spec["kl"]), vae_steps=steps, vae_decoder_steps=dsteps,
                             vae_decoder_noise=float(spec.get("noise", 0.0)),
+                            vae_latent_noise=float(spec.get("latent_noise", 0.0)),
+                            vae_semantic_weight=float(spec.get("semantic", 0.0)),
                             vae_sample_posterior=bool(spec.get("sample", False)), progress=False, threads=None)
     rec_path = d / "ladder_vae.json"
     if not rec_path.is_file():
+        if cfg.vae_semantic_weight > 0 and data.get("category_maps") is None:
+            from brainrecon.data.scenes import make_scenes, render_category_maps
+
+            sc = make_scenes(len(data["images"]), image_size=32, seed=0)
+            data = {**data, "category_maps": torch.from_numpy(render_category_maps(sc))}
         t = time.perf_counter()
         r1 = _train_vae(cfg, data, d)
         r2 = _train_vae_decoder(cfg, data, d)
@@ -212,7 +234,8 @@ def get_text_encoder(spec, data, work: Path, quick: bool):
     d = work / f"clip_{key}"
     rec_path = d / "ladder_clip.json"
     if not rec_path.is_file():
-        cfg = ToyBackboneConfig(clip_steps=steps, clip_hard_negatives=int(spec["hard_negatives"]), progress=False,
+        cfg = ToyBackboneConfig(clip_steps=steps, clip_hard_negatives=int(spec["hard_negatives"]),
+                                clip_attribute_weight=float(spec.get("attribute", 0.0)), progress=False,
                                 threads=None)
         t = time.perf_counter()
         r = _train_clip(cfg, data, d)
@@ -630,6 +653,7 @@ def table(files) -> str:
 
 
 def main(argv=None):
+    global VAE_STEPS
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rungs", nargs="+", default=["base"], help="rung names (see --list)")
@@ -646,6 +670,8 @@ def main(argv=None):
     p.add_argument("--judge", nargs="*", default=[], help="extra attribute-classifier folders to judge with")
     p.add_argument("--rescore", action="store_true",
                    help="no training: score each rung's saved checkpoints again (keeps the recorded training times)")
+    p.add_argument("--vae-steps", type=int, nargs=2, default=list(VAE_STEPS), metavar=("VAE", "DECODER"),
+                   help="steps of a rung's own VAE and of its decoder fine-tuning (default %(default)s)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", default="runs/toy_unet_ladder")
     p.add_argument("--out", default="benchmarks/results/toy_unet_ladder.json")
@@ -665,6 +691,7 @@ def main(argv=None):
         args.eval_at, args.n_train, args.n_eval = [4, 8], 256, 16
         args.out = str(Path(args.work) / "quick.json")
     torch.set_num_threads(args.threads)
+    VAE_STEPS = tuple(args.vae_steps)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     from brainrecon.backbones.attributes import AttributeClassifier

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,3 +115,70 @@ def test_text_probe_quick_reads_the_shipped_encoders_contexts():
     sep = res["separation"]
     assert sep["colour"]["mean"] > 2 * sep["place"]["mean"]          # the shipped encoder's quiet place words
     assert all(0 <= v <= 1 for v in res["linear_readout"].values()) and res["linear_readout"]["colour"] > 0.5
+
+
+def test_category_maps_follow_the_painting_order():
+    from brainrecon.data.scenes import CATEGORIES, render_category_maps, render_masks
+
+    sc = make_scenes(40, image_size=32, seed=3)
+    maps = render_category_maps(sc)
+    assert maps.shape == (40, 32, 32) and maps.dtype == np.uint8 and maps.max() <= len(CATEGORIES)
+    for i in range(40):
+        objs = sc.objects[i]
+        masks = render_masks(objs, 32) >= 0.5
+        top = objs[-1]                                  # painted last: nothing covers it
+        assert (maps[i][masks[-1]] == 1 + CATEGORIES.index(top["category"])).all()
+        assert (maps[i][~masks.any(0)] == 0).all()      # background wherever no object covers half a pixel
+
+
+def test_caption_attributes_read_what_the_caption_says():
+    from brainrecon.data.scenes import PLACE_WORDS, caption_attributes
+
+    sc = make_scenes(300, image_size=32, seed=6)
+    said = caption_attributes(sc.captions)
+    assert (said["category"] == sc.category).all() and (said["colour"] == sc.colour).all()
+    places = list(PLACE_WORDS.values())
+    for c, k in zip(sc.captions[:50], said["place"][:50]):
+        assert c.split(" ", 4)[4].startswith(places[k])
+    assert caption_attributes(["a small red ring at the top left on a plain grey background"])["place"][0] == 0
+    assert caption_attributes(["a small red ring at the top on a plain grey background"])["place"][0] == 1
+    with pytest.raises(InvalidInputError, match="toy grammar"):
+        caption_attributes(["a photo of a dog"])
+    with pytest.raises(InvalidInputError, match="place phrase"):
+        caption_attributes(["a small red ring somewhere on a plain grey background"])
+
+
+def test_vae_latent_noise_and_semantic_head_train_and_leave_a_plain_vae(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from brainrecon.data.scenes import render_category_maps
+    from brainrecon.training.toy_backbones import _train_vae
+
+    sc = make_scenes(64, image_size=16, seed=2)
+    data = {"images": torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous(),
+            "category_maps": torch.from_numpy(render_category_maps(sc))}
+    cfg = ToyBackboneConfig.quick().replace(vae_steps=30, vae_lr=3e-3, vae_latent_noise=0.5, vae_semantic_weight=0.1)
+    torch.manual_seed(0)
+    rec = _train_vae(cfg, data, tmp_path)
+    assert rec["loss_final"] < rec["loss_first"] and rec["semantic_ce_final"] < 2.4     # ln 11 = 2.40: chance
+    vae = AutoencoderKL.from_pretrained(tmp_path / "vae")          # the head is not part of the saved VAE
+    assert not any(k.startswith("head") for k in vae.state_dict())
+    assert vae.config.scaling_factor == pytest.approx(rec["scaling_factor"])
+
+
+def test_clip_attribute_heads_train_and_are_not_saved(tmp_path):
+    from transformers import CLIPTextModelWithProjection
+
+    from brainrecon.backbones.toy import make_toy_tokenizer
+    from brainrecon.training.toy_backbones import _train_clip
+
+    tok = make_toy_tokenizer()
+    sc = make_scenes(64, image_size=16, seed=4)
+    ids = tok(sc.captions, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    data = {"captions": sc.captions, "ids": ids, "tokenizer": tok,
+            "images": torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous()}
+    torch.manual_seed(0)
+    rec = _train_clip(ToyBackboneConfig.quick().replace(clip_attribute_weight=1.0, clip_steps=30, clip_lr=3e-3),
+                      data, tmp_path)
+    assert rec["attribute_ce_final"] < rec["loss_first"] and rec["loss_final"] < rec["loss_first"]
+    CLIPTextModelWithProjection.from_pretrained(tmp_path / "text_encoder", use_safetensors=True)

@@ -72,6 +72,13 @@ class ToyBackboneConfig:
         category swapped, any object's category swapped, any object's colour swapped, the main
         object's colour swapped, the main object's place phrase swapped. They join the batch's
         captions in the image → text loss. ``0`` is plain symmetric InfoNCE.
+    clip_attribute_weight : float
+        Weight of an auxiliary loss on the text tower: unit-norm linear heads at a fixed
+        temperature read the main object's category, colour and place (what the caption says,
+        :func:`brainrecon.data.scenes.caption_attributes`) from the mean of the U-Net context
+        (``last_hidden_state``, in units of its std). Plain InfoNCE among random toy captions is won
+        on colour and background, so it leaves place and category quiet in that context; the heads
+        cannot grow, so the attributes must become loud. ``0``: none.
     vae_channels : tuple of int
         ``block_out_channels`` of the VAE; ``len - 1`` halvings (3 -> ×4).
     vae_latent_channels : int
@@ -82,6 +89,17 @@ class ToyBackboneConfig:
         was trained), so that the encoder's variance is learned and every latent near a
         training latent decodes to the same scene. ``False`` decodes the posterior mean (a
         deterministic auto-encoder: sharper, but its decoder has never seen an inexact latent).
+    vae_latent_noise : float
+        While the VAE trains, its decoder reads the posterior mean plus Gaussian noise of
+        standard deviation ``u · vae_latent_noise`` × the batch's latent std (``u`` uniform in
+        [0, 1] per image), so the encoder must carry every attribute it wants decoded in
+        directions that survive that much noise (a "diffusable" latent). ``0``: exact means.
+    vae_semantic_weight : float
+        Weight of an auxiliary loss that asks a 1×1 linear head to read, from the (noised,
+        std-normalised) latent of each cell, which category covers that cell's pixels (the
+        renderer's segmentation, :func:`brainrecon.data.scenes.render_category_maps`): the toy
+        world's counterpart of aligning a VAE's latent with a foundation model's features
+        (VA-VAE, Yao et al. 2025). The head is discarded after training. ``0``: none.
     vae_decoder_steps, vae_decoder_batch_size, vae_decoder_lr
         Then the decoder alone is fine-tuned on the frozen encoder's posterior means (as
         Stable Diffusion's ``ft-MSE`` VAE was): sharper images, the same latent space. ``0``
@@ -139,6 +157,7 @@ class ToyBackboneConfig:
     clip_batch_size: int = 128
     clip_lr: float = 1e-3
     clip_hard_negatives: int = 0
+    clip_attribute_weight: float = 0.0
     vae_channels: tuple = (16, 32, 64)
     vae_latent_channels: int = 16
     vae_steps: int = 3000
@@ -146,6 +165,8 @@ class ToyBackboneConfig:
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
     vae_sample_posterior: bool = False
+    vae_latent_noise: float = 0.0
+    vae_semantic_weight: float = 0.0
     vae_decoder_steps: int = 6000
     vae_decoder_batch_size: int = 32
     vae_decoder_lr: float = 5e-4

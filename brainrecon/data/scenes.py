@@ -40,7 +40,9 @@ __all__ = [
     "Scenes",
     "make_scenes",
     "render_masks",
+    "render_category_maps",
     "caption_for",
+    "caption_attributes",
     "swap_caption_word",
     "vocabulary",
     "plot_scenes",
@@ -248,6 +250,30 @@ def render_masks(objects: list, image_size: int) -> np.ndarray:
     return out
 
 
+def render_category_maps(scenes: "Scenes") -> np.ndarray:
+    """Which category covers each pixel of each scene: the renderer's own segmentation.
+
+    Objects are painted largest first (as :func:`make_scenes` paints them), so a smaller
+    object covers a larger one; a pixel belongs to the last object whose coverage there
+    is at least one half.
+
+    Parameters
+    ----------
+    scenes : Scenes
+
+    Returns
+    -------
+    ndarray (n, H, W) uint8
+        ``0`` for background, ``1 + c`` for category ``c`` of :data:`CATEGORIES`.
+    """
+    S = scenes.image_size
+    out = np.zeros((len(scenes), S, S), np.uint8)
+    for i, objs in enumerate(scenes.objects):
+        for o, m in zip(objs, render_masks(objs, S)):
+            out[i][m >= 0.5] = 1 + CATEGORIES.index(o["category"])
+    return out
+
+
 # --------------------------------------------------------------------------- captions
 def _size_word(radius_frac: float) -> str:
     word = "small"
@@ -287,6 +313,42 @@ def caption_for(objects: list, background: dict, image_size: int = 64) -> str:
     else:
         text = parts[0]
     return f"{text} on a {background['pattern']} {background['colour']} background"
+
+
+def caption_attributes(captions) -> dict:
+    """What each caption says of its main (first-mentioned) object, read from its words alone.
+
+    Parameters
+    ----------
+    captions : sequence of str
+        Captions of the toy grammar (:func:`caption_for`).
+
+    Returns
+    -------
+    dict of ndarray (n,) int
+        ``category`` (index into :data:`CATEGORIES`), ``colour`` (into :data:`COLOURS`) and
+        ``place`` (into ``list(PLACE_WORDS.values())``: row × 3 + column).
+
+    Raises
+    ------
+    InvalidInputError
+        For a caption outside the grammar, with the caption quoted.
+    """
+    places = sorted(enumerate(PLACE_WORDS.values()), key=lambda p: -len(p[1]))   # "at the top left" first
+    cats, cols, plas = [], [], []
+    for c in captions:
+        w = str(c).split()
+        if len(w) < 5 or w[0] != "a" or w[2] not in COLOURS or w[3] not in CATEGORIES:
+            raise InvalidInputError(f"not a caption of the toy grammar: {c!r}")
+        rest = " ".join(w[4:])
+        hit = next((k for k, p in places if rest.startswith(p)), None)
+        if hit is None:
+            raise InvalidInputError(f"no place phrase after the first object of {c!r}")
+        cats.append(CATEGORIES.index(w[3]))
+        cols.append(list(COLOURS).index(w[2]))
+        plas.append(hit)
+    return {"category": np.array(cats, np.int64), "colour": np.array(cols, np.int64),
+            "place": np.array(plas, np.int64)}
 
 
 def swap_caption_word(captions, attribute: str, rng: np.random.Generator, which: str = "main") -> list[str]:

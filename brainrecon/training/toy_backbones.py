@@ -38,13 +38,23 @@ __all__ = ["train_toy_backbones"]
 _PARTS = ("clip", "vae", "vae_decoder", "attribute_classifier", "attribute_classifier_b", "unet")
 
 
+#: Logit scale of the training-only heads' unit-norm class directions (``vae_semantic_weight``,
+#: ``clip_attribute_weight``): a head that cannot grow can only read a loud direction.
+_SEMANTIC_TEMPERATURE = 5.0
+
+
 class _ClipPair(nn.Module):
     """Both toy-CLIP towers and the learned temperature, trained together."""
 
-    def __init__(self, text, vision):
+    def __init__(self, text, vision, attribute_heads: bool = False):
         super().__init__()
         self.text, self.vision = text, vision
         self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+        if attribute_heads:        # training-only (clip_attribute_weight): category, colour, place
+            from ..data.scenes import CATEGORIES, COLOURS, PLACE_WORDS
+
+            width = text.config.hidden_size
+            self.heads = nn.ModuleList([nn.Linear(width, len(k)) for k in (CATEGORIES, COLOURS, PLACE_WORDS)])
 
 
 def _clip_pixels(x: torch.Tensor) -> torch.Tensor:
@@ -106,17 +116,25 @@ def _train_clip(cfg, data, out: Path) -> dict:
                                  tok.model_max_length)
     vision = make_toy_image_encoder(cfg.image_size, cfg.clip_width, cfg.clip_layers, cfg.clip_heads,
                                     cfg.clip_patch_size)
-    model = _ClipPair(text, vision)
+    w_attr = float(cfg.clip_attribute_weight)
+    model = _ClipPair(text, vision, attribute_heads=w_attr > 0)
     pick = _sampler(len(data["images"]), cfg.clip_batch_size, cfg.seed, 1)
     images, ids = data["images"], data["ids"]
+    if w_attr > 0:
+        from ..data.scenes import caption_attributes
+
+        said = caption_attributes(data["captions"])
+        attrs = torch.from_numpy(np.stack([said["category"], said["colour"], said["place"]], 1))
 
     def batches(step):
         i = pick(step)
-        return images[i].float() / 255, ids[i], _hard_negative_ids(cfg, data, i, step)
+        return images[i].float() / 255, ids[i], _hard_negative_ids(cfg, data, i, step), \
+            (attrs[i] if w_attr > 0 else None)
 
     def loss_fn(m, batch, step):
-        x, t, negs = batch
-        te = F.normalize(m.text(torch.cat([t, negs]) if len(negs) else t).text_embeds, dim=-1)
+        x, t, negs, y = batch
+        out = m.text(torch.cat([t, negs]) if len(negs) else t)
+        te = F.normalize(out.text_embeds, dim=-1)
         ie = F.normalize(m.vision(pixel_values=_clip_pixels(x)).image_embeds, dim=-1)
         scale = m.logit_scale.clamp(max=np.log(100)).exp()
         target = torch.arange(len(t), device=te.device)
@@ -124,7 +142,15 @@ def _train_clip(cfg, data, out: Path) -> dict:
         to_image = scale * te[:len(t)] @ ie.T       # each caption against the batch's images
         loss = (F.cross_entropy(to_text, target) + F.cross_entropy(to_image, target)) / 2
         acc = (to_image.argmax(1) == target).float().mean()
-        return loss, {"batch_top1": acc}
+        logs = {"batch_top1": acc}
+        if w_attr > 0:
+            h = out.last_hidden_state[:len(t)].mean(1)
+            h = h / h.std().detach()
+            ce = sum(F.cross_entropy(F.linear(h, F.normalize(head.weight, dim=1) * _SEMANTIC_TEMPERATURE, head.bias),
+                                     y[:, k]) for k, head in enumerate(m.heads)) / 3
+            loss = loss + w_attr * ce
+            logs["attribute_ce"] = ce.detach()
+        return loss, logs
 
     res = fit(model, loss_fn, batches, _fit_config(cfg, cfg.clip_steps, cfg.clip_lr, "toy CLIP", 100),
               out / "checkpoints" / "clip")
@@ -134,6 +160,8 @@ def _train_clip(cfg, data, out: Path) -> dict:
             mod.save_pretrained(d)
     s = _summary(res)
     s["batch_top1_final"] = res.mean_loss(last=20, key="batch_top1")
+    if w_attr > 0:
+        s["attribute_ce_final"] = res.mean_loss(last=20, key="attribute_ce")
     return s
 
 
@@ -197,27 +225,59 @@ def _judge_b_data(cfg) -> dict:
             "bbox_frac": torch.from_numpy(sc.bbox).float() / cfg.image_size}
 
 
+class _VaeWithHead(nn.Module):
+    """The VAE and the training-only 1×1 head of ``vae_semantic_weight`` (discarded after)."""
+
+    def __init__(self, vae, n_classes: int):
+        super().__init__()
+        self.vae = vae
+        self.head = nn.Conv2d(vae.config.latent_channels, n_classes, 1)
+
+
 def _train_vae(cfg, data, out: Path) -> dict:
+    from ..data.scenes import CATEGORIES
+
     vae = make_toy_vae(cfg.image_size, tuple(cfg.vae_channels), cfg.vae_latent_channels)
     pick = _sampler(len(data["images"]), cfg.vae_batch_size, cfg.seed, 3)
     images = data["images"]
+    noise, sem = float(cfg.vae_latent_noise), float(cfg.vae_semantic_weight)
+    n_classes = 1 + len(CATEGORIES)
+    model = _VaeWithHead(vae, n_classes) if sem > 0 else vae
+    maps = data["category_maps"] if sem > 0 else None
 
     def batches(step):
-        return images[pick(step)].float() / 255
+        i = pick(step)
+        return images[i].float() / 255, (maps[i].long() if maps is not None else None)
 
-    def loss_fn(m, x, step):
+    def loss_fn(m, batch, step):
+        x, cat_map = batch
+        v = m.vae if sem > 0 else m
         x = x * 2 - 1
-        post = m.encode(x).latent_dist
+        post = v.encode(x).latent_dist
         z = post.sample() if cfg.vae_sample_posterior else post.mode()   # mode: sharper, faster to train
-        rec = m.decode(z).sample
+        zs = z.std().detach()
+        if noise > 0:
+            z = z + noise * zs * torch.rand(len(z), 1, 1, 1, device=z.device) * torch.randn_like(z)
+        rec = v.decode(z).sample
         mse = F.mse_loss(rec, x)
         kl = post.kl().mean()
         loss = mse + 0.1 * F.l1_loss(rec, x) + cfg.vae_kl_weight * kl
-        return loss, {"mse": mse.detach(), "kl": kl.detach(), "posterior_std": post.std.mean().detach()}
+        logs = {"mse": mse.detach(), "kl": kl.detach(), "posterior_std": post.std.mean().detach()}
+        if sem > 0:
+            # each latent cell's share of background / every category (the renderer's segmentation)
+            share = F.adaptive_avg_pool2d(F.one_hot(cat_map, n_classes).permute(0, 3, 1, 2).float(), z.shape[-2:])
+            # unit-norm class directions at a fixed temperature: the head cannot grow to read a
+            # quiet direction, so the category must be a loud one (in units of the latent's std)
+            w = F.normalize(m.head.weight, dim=1) * _SEMANTIC_TEMPERATURE
+            logits = F.conv2d(z / zs, w, m.head.bias)
+            ce = -(share * F.log_softmax(logits, 1)).sum(1).mean()
+            loss = loss + sem * ce
+            logs["semantic_ce"] = ce.detach()
+        return loss, logs
 
-    res = fit(vae, loss_fn, batches, _fit_config(cfg, cfg.vae_steps, cfg.vae_lr, "VAE", 100),
+    res = fit(model, loss_fn, batches, _fit_config(cfg, cfg.vae_steps, cfg.vae_lr, "VAE", 100),
               out / "checkpoints" / "vae")
-    vae = res.model.cpu().eval()
+    vae = (res.model.vae if sem > 0 else res.model).cpu().eval()
     mean = _encode_all(vae, images)
     scaling = float(1.0 / mean.std())
     vae.register_to_config(scaling_factor=scaling)
@@ -225,6 +285,8 @@ def _train_vae(cfg, data, out: Path) -> dict:
         vae.save_pretrained(d)
     s = _summary(res)
     s.update(mse_final=res.mean_loss(last=50, key="mse"), scaling_factor=scaling)
+    if sem > 0:
+        s["semantic_ce_final"] = res.mean_loss(last=50, key="semantic_ce")
     return s
 
 
@@ -334,9 +396,10 @@ def _train_unet(cfg, data, out: Path) -> dict:
 
 # ------------------------------------------------------------------------------- driver
 def _load_data(cfg: ToyBackboneConfig, tokenizer) -> dict:
-    from ..data.scenes import make_scenes
+    from ..data.scenes import make_scenes, render_category_maps
 
     sc = make_scenes(cfg.n_train, image_size=cfg.image_size, seed=cfg.seed)
+    maps = torch.from_numpy(render_category_maps(sc)) if cfg.vae_semantic_weight > 0 else None
     ids = tokenizer(sc.captions, padding="max_length", max_length=tokenizer.model_max_length,
                     truncation=True, return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length,
@@ -344,7 +407,8 @@ def _load_data(cfg: ToyBackboneConfig, tokenizer) -> dict:
     return {"images": torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous(), "ids": ids,
             "empty_ids": empty, "captions": list(sc.captions), "category": torch.from_numpy(sc.category),
             "colour": torch.from_numpy(sc.colour),
-            "bbox_frac": torch.from_numpy(sc.bbox).float() / cfg.image_size, "tokenizer": tokenizer}
+            "bbox_frac": torch.from_numpy(sc.bbox).float() / cfg.image_size, "tokenizer": tokenizer,
+            "category_maps": maps}
 
 
 def _write_metadata(cfg: ToyBackboneConfig, out: Path) -> None:
