@@ -61,6 +61,9 @@ def test_quick_recipe_with_v_prediction_trains_and_ships_both_judges(tmp_path):
     bb = load_backbone(out)
     assert bb.attribute_classifier_b is not None and bb.attribute_classifier_b.config.downsample == "maxpool"
     assert bb.attribute_classifier.config.downsample == "stride"
+    m = json.loads((out / "metrics.json").read_text())      # both judges score the same images
+    assert {"t2i_category_gs5_b", "t2i_match_gs0_b", "judge_b_category_acc", "judge_b_vae_both_acc"} <= set(m)
+    assert all(0 <= m[k] <= 1 for k in ("t2i_category_gs5_b", "judge_b_vae_category_acc"))
     imgs = bb.generate(["a large red star in the centre on a plain grey background"], num_inference_steps=2)
     assert imgs.shape == (1, 3, 16, 16) and torch.isfinite(imgs).all()
 

@@ -141,9 +141,12 @@ def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_gen
     scale ``t2i_match_gs<scale>`` (category and colour both right), ``t2i_category_gs<scale>``,
     ``t2i_colour_gs<scale>``, ``t2i_position_error_gs<scale>`` and its chance level
     ``t2i_position_error_shuffled_gs<scale>`` (the caption's place word, :func:`text_to_image_match`);
-    ``t2i_match_default`` repeats the default scale.
+    ``t2i_match_default`` repeats the default scale. With a second judge
+    (``backbone.attribute_classifier_b``) the same images are also scored by it: ``judge_b_…_acc``
+    on the real images and (``judge_b_vae_…``) their reconstructions, ``t2i_…_gs<scale>_b``.
     """
     size = backbone.image_size
+    judge_b = getattr(backbone, "attribute_classifier_b", None)
     n_max = max(n_eval, n_retrieval, n_generate)
     sc = heldout_scenes(n_max, size, heldout_seed)
     x = images_to_tensor(sc.images)
@@ -170,17 +173,27 @@ def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_gen
             a = attribute_accuracy(backbone.attribute_classifier, r, sc.category[:n_eval], sc.colour[:n_eval])
             m.update(attr_classifier_vae_category_acc=a["category"], attr_classifier_vae_colour_acc=a["colour"],
                      attr_classifier_vae_both_acc=a["both"])
+            if judge_b is not None:        # the second, independently trained judge: same images
+                for name, imgs in (("", x[:n_eval]), ("vae_", r)):
+                    a = attribute_accuracy(judge_b, imgs, sc.category[:n_eval], sc.colour[:n_eval])
+                    m.update({f"judge_b_{name}category_acc": a["category"], f"judge_b_{name}colour_acc": a["colour"],
+                              f"judge_b_{name}both_acc": a["both"]})
         if n_generate:
             for gs in guidance_scales:
-                r = text_to_image_match(backbone, sc.captions[:n_generate], sc.category[:n_generate],
-                                        sc.colour[:n_generate], gs, num_inference_steps, seed,
-                                        bbox=sc.bbox[:n_generate])
+                r, imgs = text_to_image_match(backbone, sc.captions[:n_generate], sc.category[:n_generate],
+                                              sc.colour[:n_generate], gs, num_inference_steps, seed,
+                                              return_images=True, bbox=sc.bbox[:n_generate])
                 key = f"gs{r['guidance_scale']:g}"
                 m[f"t2i_match_{key}"] = r["both"]
                 m[f"t2i_category_{key}"] = r["category"]
                 m[f"t2i_colour_{key}"] = r["colour"]
                 m[f"t2i_position_error_{key}"] = r["position_error"]
                 m[f"t2i_position_error_shuffled_{key}"] = r["position_error_shuffled"]
+                if judge_b is not None:
+                    b = attribute_accuracy(judge_b, imgs, sc.category[:n_generate], sc.colour[:n_generate],
+                                           sc.bbox[:n_generate], size)
+                    m.update({f"t2i_match_{key}_b": b["both"], f"t2i_category_{key}_b": b["category"],
+                              f"t2i_colour_{key}_b": b["colour"], f"t2i_position_error_{key}_b": b["position_error"]})
                 if gs is None:
                     m["t2i_match_default"] = r["both"]
                     m["guidance_scale_default"] = r["guidance_scale"]
