@@ -361,12 +361,12 @@ class CoordUNet(torch.nn.Module):
     def forward(self, x, t, **kw):
         n, _, h, w = x.shape
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-        grid = torch.stack([xs, ys])[None].expand(n, -1, -1, -1).to(x.dtype)
+        grid = torch.stack([xs, ys])[None].expand(n, -1, -1, -1).to(device=x.device, dtype=x.dtype)
         return self.inner(torch.cat([x, grid], 1), t, **kw)
 
 
 def onehot(cat, col):
-    v = torch.zeros(len(cat), 18)
+    v = torch.zeros(len(cat), 18, device=cat.device)
     keep = cat < 10
     v[keep, cat[keep]] = 1
     v[keep, 10 + col[keep]] = 1
@@ -420,6 +420,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     text, clip_rec = get_text_encoder(f["clip"], data, Path(args.work), args.quick)
     text = text.eval().requires_grad_(False)
     clip_rec = {**clip_rec, "separation": text_separation(text, data["tokenizer"])}
+    text = text.to(args.device)          # contexts are computed where the denoiser runs
     width = text.config.hidden_size
     unet = make_denoiser(f, in_ch, side, width)
     if f["coords"]:
@@ -443,7 +444,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
             with torch.no_grad():
                 return text(t_ids).last_hidden_state, None
         if f["label_path"] == "class_embed":
-            return torch.zeros(len(c), 1, width), onehot(c, k)
+            return torch.zeros(len(c), 1, width, device=c.device), onehot(c, k)
         return m["labels"].tokens(c, k, pl if f["label_place"] else None), None
 
     def batches(step):
@@ -452,33 +453,36 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
 
     def loss_fn(m, batch, step):
         z, t_ids, c, k, pl = batch
-        drop = torch.rand(len(z)) < 0.1
-        t_ids = torch.where(drop[:, None], empty[None], t_ids)
+        drop = torch.rand(len(z), device=z.device) < 0.1
+        t_ids = torch.where(drop[:, None], empty.to(z.device)[None], t_ids)
         c, k, pl = torch.where(drop, 10, c), torch.where(drop, 8, k), torch.where(drop, 9, pl)
         ehs, cl = context(m, t_ids, c, k, pl)
         noise = torch.randn_like(z)
-        t = torch.randint(0, 1000, (len(z),))
+        t = torch.randint(0, 1000, (len(z),), device=z.device)
         xt = train_s.add_noise(z, noise, t)
         target = noise if f["prediction"] == "epsilon" else train_s.get_velocity(z, noise, t)
         pred = m["unet"](xt, t, encoder_hidden_states=ehs, class_labels=cl).sample
-        w = torch.ones(len(z))
+        w = torch.ones(len(z), device=z.device)
         if f["min_snr"]:
-            snr = ac[t] / (1 - ac[t])
+            a_t = ac.to(z.device)[t]
+            snr = a_t / (1 - a_t)
             w = torch.minimum(snr, torch.full_like(snr, f["min_snr"])) / (snr if f["prediction"] == "epsilon" else snr + 1)
         return (w * ((pred - target) ** 2).flatten(1).mean(1)).mean()
 
     @torch.no_grad()
     def generate(m, gs: float, n: int):
         m.eval()
+        dev = next(m.parameters()).device
         g = torch.Generator().manual_seed(0)
-        x = torch.randn((n, in_ch, side, side), generator=g)
+        x = torch.randn((n, in_ch, side, side), generator=g).to(dev)      # the same noise on any device
         caps = list(te.captions[:n])
-        c, k = torch.as_tensor(te.category[:n]).long(), torch.as_tensor(te.colour[:n]).long()
+        c, k = torch.as_tensor(te.category[:n]).long().to(dev), torch.as_tensor(te.colour[:n]).long().to(dev)
         tok = data["tokenizer"]
         t_ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-        cond = context(m, t_ids, c, k, pla_te[:n])
-        unc = context(m, empty[None].expand(n, -1), torch.full((n,), 10), torch.full((n,), 8), torch.full((n,), 9))
+                    return_tensors="pt").input_ids.to(dev)
+        cond = context(m, t_ids, c, k, pla_te[:n].to(dev))
+        full = lambda v: torch.full((n,), v, device=dev)
+        unc = context(m, empty.to(dev)[None].expand(n, -1), full(10), full(8), full(9))
 
         def noise_fn(xin, t, branch, step):
             parts = {"cond": [cond], "uncond": [unc], "both": [unc, cond]}[branch]
@@ -486,7 +490,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
             cl = None if parts[0][1] is None else torch.cat([p[1] for p in parts])
             return m["unet"](xin, t, encoder_hidden_states=ehs, class_labels=cl).sample
 
-        z = denoise_latents(sample_s, noise_fn, x, 25, gs)
+        z = denoise_latents(sample_s, noise_fn, x, 25, gs).cpu()
         if f["whiten"]:
             z = white.inverse(z)
         img = (z + 1) / 2 if vae is None else (vae.decode(z / vae.config.scaling_factor).sample + 1) / 2
@@ -507,20 +511,24 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     def x0_error(m) -> dict:
         """MSE of the denoiser's x0 estimate from x_t (true caption) against predicting the mean, per t."""
         m.eval()
+        dev = next(m.parameters()).device
         tok = data["tokenizer"]
         t_ids = tok(list(te.captions[:len(z_te)]), padding="max_length", max_length=tok.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
-        ehs, cl = context(m, t_ids, torch.as_tensor(te.category).long(), torch.as_tensor(te.colour).long(), pla_te)
+                    truncation=True, return_tensors="pt").input_ids.to(dev)
+        ehs, cl = context(m, t_ids, torch.as_tensor(te.category).long().to(dev),
+                          torch.as_tensor(te.colour).long().to(dev), pla_te.to(dev))
         g = torch.Generator().manual_seed(2)
         ab = train_s.alphas_cumprod
+        zt = z_te.to(dev)
         out = {"mean_baseline": round(float(((z_te - z_te.mean(0)) ** 2).mean()), 4)}
         for t in (961, 800, 600, 400, 200):
-            n = torch.randn(z_te.shape, generator=g)
-            a = ab[t]
-            xt = a.sqrt() * z_te + (1 - a).sqrt() * n
-            pred = m["unet"](xt, torch.full((len(xt),), t), encoder_hidden_states=ehs, class_labels=cl).sample
+            n = torch.randn(z_te.shape, generator=g).to(dev)
+            a = ab[t].to(dev)
+            xt = a.sqrt() * zt + (1 - a).sqrt() * n
+            pred = m["unet"](xt, torch.full((len(xt),), t, device=dev), encoder_hidden_states=ehs,
+                             class_labels=cl).sample
             x0 = (xt - (1 - a).sqrt() * pred) / a.sqrt() if f["prediction"] == "epsilon" else a.sqrt() * xt - (1 - a).sqrt() * pred
-            out[f"t{t}"] = round(float(((x0 - z_te) ** 2).mean()), 4)
+            out[f"t{t}"] = round(float(((x0 - zt) ** 2).mean()), 4)
         m.train()
         return out
 
@@ -554,7 +562,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         from safetensors.torch import save_file
 
         (Path(args.work) / name).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(Path(args.work) / name / f"denoiser-{step}.safetensors"))
         row["eval_wall_s"] = round(time.perf_counter() - te0, 1)
         curve.append(row)
@@ -587,7 +595,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
             cb(step, {})
         return finish()
     cfg = FitConfig(max_steps=eval_at[-1], lr=f["lr"], warmup_steps=100, lr_schedule="constant", grad_clip=1.0,
-                    seed=0, progress=False, weight_decay=0.01)
+                    seed=0, progress=False, weight_decay=0.01, cpu=args.device == "cpu")
     fit(model, loss_fn, batches, cfg, callbacks=[lambda s, l: hist.append(l), cb])
     return finish()
 
@@ -673,6 +681,9 @@ def main(argv=None):
     p.add_argument("--vae-steps", type=int, nargs=2, default=list(VAE_STEPS), metavar=("VAE", "DECODER"),
                    help="steps of a rung's own VAE and of its decoder fine-tuning (default %(default)s)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the denoiser trains and samples (the VAE, text encoder cache and judges stay on "
+                        "the CPU except the text encoder, which follows the denoiser)")
     p.add_argument("--work", default="runs/toy_unet_ladder")
     p.add_argument("--out", default="benchmarks/results/toy_unet_ladder.json")
     args = p.parse_args(argv)
@@ -703,7 +714,7 @@ def main(argv=None):
     data, te = load_world(args.n_train, args.n_eval, heldout_seed=args.heldout_seed)
     meta = {"platform": platform.platform(), "torch": torch.__version__, "eval_at": args.eval_at,
             "n_train": args.n_train, "n_eval": args.n_eval, "heldout_seed": args.heldout_seed, "guidance": 5.0, "ddim_steps": 25,
-            "judges": list(judges), "base": {k: (list(v) if isinstance(v, tuple) else v) for k, v in BASE.items()}}
+            "judges": list(judges), "device": args.device, "vae_steps": list(VAE_STEPS), "base": {k: (list(v) if isinstance(v, tuple) else v) for k, v in BASE.items()}}
     for name in args.rungs:
         out = Path(args.out)
         if args.rescore and out.name == "toy_unet_ladder.json":      # the rung's own file, as the runs wrote them
