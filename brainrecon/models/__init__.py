@@ -1,5 +1,5 @@
-"""Models: the conditioner interface every method implements, and NeuroPictor's calibrated encoder,
-High-Level Guiding and Low-Level Manipulation Networks.
+"""Models: the conditioner interface every method implements, NeuroPictor's calibrated encoder,
+High-Level Guiding and Low-Level Manipulation Networks, and NeuralDiffuser's voxel encoder and decoders.
 
 Public names are importable from here (loaded lazily, so ``import brainrecon.models`` is cheap)::
 
@@ -13,5 +13,8 @@ _EXPORTS = {
     "LowLevelManipulationNetwork": "llmn", "FeatureTransformation": "llmn",
     "NeuroPictorModel": "neuropictor", "NeuroPictorOutput": "neuropictor",
     "BrainConditioner": "conditioner", "register_conditioner": "index",
+    "VoxelEncoder": "neuraldiffuser", "MixerDecoder": "neuraldiffuser", "LatentDecoder": "neuraldiffuser",
+    "mixco_mix": "neuraldiffuser", "mixco_loss": "neuraldiffuser", "soft_clip_loss": "neuraldiffuser",
+    "align_first_order": "neuraldiffuser",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

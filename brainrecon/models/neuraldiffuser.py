@@ -1,0 +1,306 @@
+"""NeuralDiffuser's fMRI-embedding decoders and their losses (NeuralDiffuser §4.2).
+
+Voxels of one subject go through that subject's **voxel encoder** (one linear layer into a space
+shared by every subject, §4.2.1) and then through decoders into the generator's spaces (§4.2.2):
+
+* :class:`VoxelEncoder` — ``Linear(d_s, d)`` per subject (NSD subjects differ in voxel count);
+* :class:`MixerDecoder` — the high-level pipeline ``f_c`` (text condition ``ĉ``, ``L_T × d_T``) and,
+  with the same architecture and another output size, each primary-visual-feature decoder ``f_g^l``
+  (Eq. 13: image-encoder layer ``l``'s tokens): an MLP-Mixer backbone (4 blocks) whose output tokens are
+  the prediction, and a projector (3 hidden layers) into the contrastive space;
+* :class:`LatentDecoder` — the low-level pipeline ``f_z``: 4 residual MLP blocks into a ``g × g × c_g``
+  grid, an upsampler (a VQ-VAE-decoder-like stack of convolutions) to the VAE latent ``ẑ``, and a
+  projector of the grid for its contrastive term.
+
+Losses: :func:`mixco_loss` (Eq. 1, with :func:`mixco_mix` mixing the voxels), :func:`soft_clip_loss`
+(Eq. 2), the MAE of Eq. 5 (``torch.nn.functional.l1_loss``), and the first-order statistics
+alignment of decoded latents, :func:`align_first_order` (Eq. 6–7).
+
+Sizes come from the arguments (the backbone's ``L_T, d_T``, latent shape and image-encoder token shape),
+never from SD 1.4's 77 × 768 or 4 × 64 × 64. Not here yet: the diffusion prior of Eq. 3 (``α·L_prior``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from ..errors import InvalidInputError
+
+__all__ = ["VoxelEncoder", "MixerDecoder", "LatentDecoder", "DecoderOutput", "mixco_mix", "mixco_loss",
+           "soft_clip_loss", "align_first_order"]
+
+
+@dataclass
+class DecoderOutput(BaseOutput):
+    """A decoder's prediction and its projection into the contrastive space.
+
+    Attributes
+    ----------
+    prediction : Tensor
+        ``ĉ`` ``(B, L, d)``, ``ĝ^l`` ``(B, L, d)`` or ``ẑ`` ``(B, c, h, w)``.
+    projection : Tensor ``(B, D)``
+        ``p`` of Eq. 1–2 (not yet normalised).
+    """
+
+    prediction: torch.Tensor
+    projection: torch.Tensor
+
+
+class VoxelEncoder(ModelMixin, ConfigMixin):
+    """Subject-specific voxel encoder: one ``Linear(d_s, hidden_dim)`` per subject (NeuralDiffuser §4.2.1).
+
+    Parameters
+    ----------
+    subject_voxels : dict of str to int
+        Voxel count ``d_s`` of each subject, e.g. ``{"subj01": 15724, "subj02": 14278}``.
+    hidden_dim : int
+        Size ``d`` of the shared space (4,096 in the paper).
+    """
+
+    @register_to_config
+    def __init__(self, subject_voxels: dict, hidden_dim: int = 4096):
+        super().__init__()
+        if not subject_voxels:
+            raise InvalidInputError("subject_voxels is empty: give each subject's voxel count, e.g. {'subj01': 15724}.")
+        for s, n in subject_voxels.items():
+            if not (isinstance(n, int) and n > 0) or not str(s) or "." in str(s):
+                raise InvalidInputError(f"subject_voxels[{s!r}] = {n!r}: each subject needs a name without '.' "
+                                        "and a positive voxel count.")
+        self.linears = nn.ModuleDict({str(s): nn.Linear(int(n), int(hidden_dim)) for s, n in subject_voxels.items()})
+
+    @property
+    def subjects(self) -> list:
+        """The subjects this encoder knows, in its config's order."""
+        return list(self.config.subject_voxels)
+
+    def add_subject(self, subject: str, n_voxels: int) -> None:
+        """Add a fresh linear layer for a new subject (fine-tuning on a held-out subject, §4.2.3)."""
+        if subject in self.linears:
+            raise InvalidInputError(f"subject {subject!r} is already known to this voxel encoder.")
+        self.linears[subject] = nn.Linear(int(n_voxels), int(self.config.hidden_dim)).to(self.device, self.dtype)
+        self.register_to_config(subject_voxels={**dict(self.config.subject_voxels), subject: int(n_voxels)})
+
+    def forward(self, voxels: torch.Tensor, subject: str) -> torch.Tensor:
+        """``(B, d_s)`` responses of one subject → ``(B, hidden_dim)``."""
+        if subject not in self.linears:
+            raise InvalidInputError(f"unknown subject {subject!r}; this voxel encoder knows {self.subjects} "
+                                    "(add one with add_subject).")
+        n = self.config.subject_voxels[subject]
+        if voxels.ndim != 2 or voxels.shape[1] != n:
+            raise InvalidInputError(f"{subject}'s voxels must be (B, {n}); got {tuple(voxels.shape)}.")
+        return self.linears[subject](voxels)
+
+
+class _MixerBlock(nn.Module):
+    """Token mixing then channel mixing, each a pre-norm residual MLP (MLP-Mixer, Tolstikhin et al. 2021)."""
+
+    def __init__(self, n_tokens: int, dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.tokens = nn.Sequential(nn.Linear(n_tokens, n_tokens), nn.GELU(), nn.Dropout(dropout),
+                                    nn.Linear(n_tokens, n_tokens))
+        self.channels = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        x = x + self.tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channels(self.norm2(x))
+
+
+def _projector(dim_in: int, hidden: int, dim_out: int, n_hidden: int = 3) -> nn.Sequential:
+    layers, d = [], dim_in
+    for _ in range(n_hidden):
+        layers += [nn.LayerNorm(d), nn.GELU(), nn.Linear(d, hidden)]
+        d = hidden
+    return nn.Sequential(*layers, nn.LayerNorm(d), nn.GELU(), nn.Linear(d, dim_out))
+
+
+class MixerDecoder(ModelMixin, ConfigMixin):
+    """Shared space → token embeddings: NeuralDiffuser's high-level pipeline ``f_c`` and ``f_g^l`` (§4.2.2, §4.3).
+
+    Parameters
+    ----------
+    in_dim : int
+        Size of the shared space (the voxel encoder's ``hidden_dim``).
+    out_tokens, out_dim : int
+        The target's shape: the backbone's text condition ``L_T × d_T`` for ``f_c``, image-encoder
+        layer tokens for ``f_g^l``.
+    n_tokens, token_dim : int
+        The mixer's working tokens (the shared vector is cut into ``n_tokens`` of ``token_dim``).
+    n_blocks : int
+        Mixer blocks (4 in the paper).
+    projection_hidden : int
+        Width of the projector (3 hidden layers, applied to each token, as MindEye's ``clip_proj``):
+        ``p`` has the target's shape, so Eq. 1-2 compare it with the flattened target itself.
+    dropout : float
+    """
+
+    @register_to_config
+    def __init__(self, in_dim: int, out_tokens: int, out_dim: int, n_tokens: int = 16, token_dim: int = 256,
+                 n_blocks: int = 4, projection_hidden: int = 512, dropout: float = 0.15):
+        super().__init__()
+        self.inp = nn.Linear(in_dim, n_tokens * token_dim)
+        self.blocks = nn.ModuleList([_MixerBlock(n_tokens, token_dim, dropout) for _ in range(n_blocks)])
+        self.norm = nn.LayerNorm(token_dim)
+        self.to_tokens = nn.Linear(n_tokens, out_tokens)
+        self.to_dim = nn.Linear(token_dim, out_dim)
+        self.projector = _projector(out_dim, projection_hidden, out_dim)
+
+    def forward(self, h: torch.Tensor) -> DecoderOutput:
+        """``(B, in_dim)`` → ``ĉ`` / ``ĝ^l`` ``(B, out_tokens, out_dim)`` and ``p`` ``(B, out_tokens·out_dim)``."""
+        c = self.config
+        x = self.inp(h).view(len(h), c.n_tokens, c.token_dim)
+        for blk in self.blocks:
+            x = blk(x)
+        x = self.norm(x)
+        pred = self.to_dim(self.to_tokens(x.transpose(1, 2)).transpose(1, 2))
+        return DecoderOutput(prediction=pred, projection=self.projector(pred).flatten(1))
+
+
+class _ResMLP(nn.Module):
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+
+    def forward(self, x):
+        return x + self.net(x)
+
+
+class LatentDecoder(ModelMixin, ConfigMixin):
+    """Shared space → VAE latent ``ẑ``: NeuralDiffuser's low-level pipeline ``f_z`` (§4.2.2, Eq. 4–5).
+
+    Parameters
+    ----------
+    in_dim : int
+        Size of the shared space.
+    latent_channels, latent_size : int
+        The backbone's latent (SD: 4 × 64 × 64; toy: 16 × 8 × 8).
+    grid_size, grid_channels : int
+        The MLP backbone's output grid (16 × 16 × 64 in the paper); ``latent_size / grid_size`` must be a
+        power of two (the upsampler doubles the side per stage; equal sides: no upsampling).
+    n_blocks : int
+        Residual MLP blocks (4 in the paper).
+    projection_channels : int
+        Channels of the grid's projection for the contrastive term (512 in the paper).
+    dropout : float
+    """
+
+    @register_to_config
+    def __init__(self, in_dim: int, latent_channels: int, latent_size: int, grid_size: int = 16,
+                 grid_channels: int = 64, n_blocks: int = 4, projection_channels: int = 512, dropout: float = 0.15):
+        super().__init__()
+        ratio = latent_size // grid_size
+        if latent_size % grid_size or ratio & (ratio - 1):
+            raise InvalidInputError(f"latent_size {latent_size} must be grid_size {grid_size} times a power of two.")
+        self.blocks = nn.Sequential(*[_ResMLP(in_dim, dropout) for _ in range(n_blocks)], nn.LayerNorm(in_dim))
+        self.to_grid = nn.Linear(in_dim, grid_channels * grid_size * grid_size)
+        ups, ch = [], grid_channels
+        for _ in range(ratio.bit_length() - 1):      # VQ-VAE-decoder-like: norm, act, upsample, conv
+            ups += [nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.Conv2d(ch, max(ch // 2, 8), 3, padding=1)]
+            ch = max(ch // 2, 8)
+        self.upsampler = nn.Sequential(*ups, nn.GroupNorm(_groups(ch), ch), nn.SiLU(),
+                                       nn.Conv2d(ch, latent_channels, 3, padding=1))
+        self.projector = nn.Sequential(nn.GroupNorm(_groups(grid_channels), grid_channels), nn.SiLU(),
+                                       nn.Conv2d(grid_channels, projection_channels, 1))
+
+    def forward(self, h: torch.Tensor) -> DecoderOutput:
+        """``(B, in_dim)`` → ``ẑ`` ``(B, c, h, w)`` and the grid's projection ``(B, projection_channels·g²)``."""
+        c = self.config
+        grid = self.to_grid(self.blocks(h)).view(len(h), c.grid_channels, c.grid_size, c.grid_size)
+        return DecoderOutput(prediction=self.upsampler(grid), projection=self.projector(grid).flatten(1))
+
+
+def _groups(ch: int) -> int:
+    return next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0)
+
+
+# ----------------------------------------------------------------------------- losses
+def mixco_mix(voxels: torch.Tensor, beta: float = 0.15):
+    """MixCo's voxel mixing (Kim et al. 2020, as NeuralDiffuser Eq. 1 uses it).
+
+    Each row ``i`` becomes ``λ_i v_i + (1 − λ_i) v_{π(i)}`` with ``λ_i ~ Beta(beta, beta)`` and ``π`` a
+    random permutation (torch's global generator: :func:`~brainrecon.training.fit` reseeds it every
+    step). Returns ``(mixed, lam (B,), perm (B,))`` for :func:`mixco_loss`.
+    """
+    n = len(voxels)
+    lam = torch.distributions.Beta(float(beta), float(beta)).sample((n,)).to(voxels.device, voxels.dtype)
+    perm = torch.randperm(n).to(voxels.device)
+    mixed = lam[:, None] * voxels + (1 - lam[:, None]) * voxels[perm]
+    return mixed, lam, perm
+
+
+def _check_pair(p, c, name):
+    if p.ndim != 2 or c.ndim != 2 or p.shape != c.shape:
+        raise InvalidInputError(f"{name}: projections {tuple(p.shape)} and targets {tuple(c.shape)} must both be "
+                                "(B, D) with the same D (flatten the targets first).")
+
+
+def mixco_loss(p: torch.Tensor, c: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor,
+               temperature: float = 0.006) -> torch.Tensor:
+    """Bidirectional CLIP loss with MixCo's soft targets, NeuralDiffuser Eq. 1.
+
+    ``p`` are the projections of mixed voxels (:func:`mixco_mix`), ``c`` the targets of the unmixed
+    rows; both are L2-normalised here. Row ``i``'s target puts ``λ_i`` on ``c_i`` and ``1 − λ_i`` on
+    ``c_{π(i)}``, in both directions (brain → target over ``P_i``, target → brain over ``C_j``).
+    With ``λ = 1`` it is the plain symmetric CLIP loss.
+    """
+    _check_pair(p, c, "mixco_loss")
+    p, c = F.normalize(p.float(), dim=-1), F.normalize(c.float(), dim=-1)
+    logits = p @ c.T / temperature
+    n = len(p)
+    idx = torch.arange(n, device=p.device)
+    target = torch.zeros(n, n, device=p.device)
+    target[idx, idx] += lam.float()
+    target[idx, perm] += 1 - lam.float()
+    b2c = -(target * F.log_softmax(logits, 1)).sum(1).mean()
+    c2b = -(target.T * F.log_softmax(logits.T, 1)).sum(1).mean()
+    return (b2c + c2b) / 2
+
+
+def soft_clip_loss(p: torch.Tensor, c: torch.Tensor, temperature: float = 0.006) -> torch.Tensor:
+    """Soft CLIP loss, NeuralDiffuser Eq. 2 (as in MindEye: both directions averaged).
+
+    The target of row ``i`` is ``softmax_j(c_i*·c_j*/τ)``, the targets' own similarities; the
+    prediction ``softmax_j(p_i*·c_j*/τ)``. Eq. 2 as printed is the brain → target direction; the
+    reference code adds the target → brain one, which this does too.
+    """
+    _check_pair(p, c, "soft_clip_loss")
+    p, c = F.normalize(p.float(), dim=-1), F.normalize(c.float(), dim=-1)
+    target = F.softmax(c @ c.T / temperature, 1)
+    logits = p @ c.T / temperature
+    b2c = -(target * F.log_softmax(logits, 1)).sum(1).mean()
+    c2b = -(target.T * F.log_softmax(logits.T, 1)).sum(1).mean()
+    return (b2c + c2b) / 2
+
+
+def align_first_order(z_hat: torch.Tensor, train_mean: torch.Tensor, train_std: torch.Tensor,
+                      eps: float = 1e-6) -> torch.Tensor:
+    """First-order statistics alignment of decoded latents, NeuralDiffuser Eq. 6–7.
+
+    ``ẑ' = (ẑ − μ_ẑ) / σ_ẑ`` with the decoded set's own per-channel mean and std (over samples and
+    positions), then ``σ_tr · ẑ' + μ_tr`` with the training latents' statistics.
+
+    Parameters
+    ----------
+    z_hat : Tensor ``(N, c, h, w)``
+        Latents decoded from a whole test set (at least two samples).
+    train_mean, train_std : Tensor ``(c,)``
+        Per-channel statistics of the training latents.
+    """
+    if z_hat.ndim != 4 or len(z_hat) < 2:
+        raise InvalidInputError(f"align_first_order needs a set of decoded latents (N ≥ 2, c, h, w); got "
+                                f"{tuple(z_hat.shape)}.")
+    c = z_hat.shape[1]
+    mu_tr, sd_tr = torch.as_tensor(train_mean).to(z_hat).reshape(-1), torch.as_tensor(train_std).to(z_hat).reshape(-1)
+    if mu_tr.numel() != c or sd_tr.numel() != c:
+        raise InvalidInputError(f"train_mean / train_std need one value per latent channel ({c}); got "
+                                f"{mu_tr.numel()} and {sd_tr.numel()}.")
+    mu = z_hat.mean((0, 2, 3), keepdim=True)
+    sd = z_hat.std((0, 2, 3), keepdim=True)
+    return (z_hat - mu) / (sd + eps) * sd_tr.view(1, c, 1, 1) + mu_tr.view(1, c, 1, 1)
