@@ -98,6 +98,11 @@ class BrainConditioner:
         """Clean latents img2img starts from (``None``: sampling starts from noise)."""
         return None
 
-    def feature_targets(self, state: dict) -> dict | None:
-        """Targets of feature guidance (``None``: this method has none)."""
+    def feature_targets(self, state: dict):
+        """Feature guidance's loss, a function of the step's estimate (``None``: this method has none)."""
         return None
+
+    def guidance_estimate(self, x0: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """What :meth:`feature_targets`' loss is evaluated on at a step: by default the clean-latent
+        estimate ``x̂_0`` (``latents`` is ``x_t``, ``alpha_bar`` its ``ᾱ_t``)."""
+        return x0

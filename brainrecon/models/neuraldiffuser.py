@@ -17,11 +17,14 @@ Losses: :func:`mixco_loss` (Eq. 1, with :func:`mixco_mix` mixing the voxels), :f
 alignment of decoded latents, :func:`align_first_order` (Eq. 6–7).
 
 Sizes come from the arguments (the backbone's ``L_T, d_T``, latent shape and image-encoder token shape),
-never from SD 1.4's 77 × 768 or 4 × 64 × 64. Not here yet: the diffusion prior of Eq. 3 (``α·L_prior``).
+never from SD 1.4's 77 × 768 or 4 × 64 × 64. :class:`NeuralDiffuserModel` puts the parts together as the
+shared pipeline's conditioner (voxels in; ``ĉ``, ``ẑ``, ``ĝ^l`` out; Algorithm 1 through
+``strength``, κ and η). Not here yet: the diffusion prior of Eq. 3 (``α·L_prior``) and the training.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +33,10 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import CheckpointError, InvalidInputError
+from .conditioner import BrainConditioner
 
-__all__ = ["VoxelEncoder", "MixerDecoder", "LatentDecoder", "DecoderOutput", "mixco_mix", "mixco_loss",
+__all__ = ["NeuralDiffuserModel", "VoxelEncoder", "MixerDecoder", "LatentDecoder", "DecoderOutput", "mixco_mix", "mixco_loss",
            "soft_clip_loss", "align_first_order"]
 
 
@@ -304,3 +308,139 @@ def align_first_order(z_hat: torch.Tensor, train_mean: torch.Tensor, train_std: 
     mu = z_hat.mean((0, 2, 3), keepdim=True)
     sd = z_hat.std((0, 2, 3), keepdim=True)
     return (z_hat - mu) / (sd + eps) * sd_tr.view(1, c, 1, 1) + mu_tr.view(1, c, 1, 1)
+
+
+# ----------------------------------------------------------------------------- the conditioner
+class NeuralDiffuserModel(BrainConditioner, nn.Module):
+    """NeuralDiffuser for one subject as the pipeline's conditioner (§4, Algorithm 1).
+
+    A subject's voxels ``(B, d_s)`` are encoded once per call (:meth:`encode_scans`) into the text
+    condition ``ĉ`` (the U-Net's cross-attention context), the initial latent ``ẑ`` (img2img's start,
+    Algorithm 1 line 2, aligned by Eq. 6–7 when the training statistics are stored) and the
+    primary-visual-feature targets ``ĝ^l`` (Eq. 13). Feature guidance (κ, η: the pipeline's
+    ``feature_guidance_scale`` and ``feature_guidance_strength``) needs an image encoder and the VAE
+    decoder: :meth:`attach_backbone`; its loss is Eq. 14 on the decoded estimate of Eq. 12
+    (:meth:`guidance_estimate`).
+
+    Parameters
+    ----------
+    voxel_encoder : VoxelEncoder
+    text_decoder : MixerDecoder
+        ``f_c``; its output is ``L_T × d_T`` of the backbone.
+    latent_decoder : LatentDecoder
+        ``f_z``.
+    feature_decoders : dict of int to MixerDecoder, optional
+        ``f_g^l`` per image-encoder layer ``l`` (``Backbone.encode_image_features`` indices).
+    subject : str
+        Whose voxels this conditioner reads (one of ``voxel_encoder.subjects``).
+    latent_mean, latent_std : Tensor ``(c,)``, optional
+        Per-channel statistics of the training latents (Eq. 7's ``μ_tr``, ``σ_tr``).
+    """
+
+    input_kind = "voxels"
+    callback_tensors = ("text_condition", "init_latents")
+
+    def __init__(self, voxel_encoder: VoxelEncoder, text_decoder: MixerDecoder, latent_decoder: LatentDecoder,
+                 feature_decoders: dict | None = None, subject: str | None = None,
+                 latent_mean: torch.Tensor | None = None, latent_std: torch.Tensor | None = None):
+        super().__init__()
+        self.voxel_encoder, self.text_decoder, self.latent_decoder = voxel_encoder, text_decoder, latent_decoder
+        self.feature_decoders = nn.ModuleDict({str(int(k)): v for k, v in (feature_decoders or {}).items()})
+        subject = voxel_encoder.subjects[0] if subject is None else subject
+        if subject not in voxel_encoder.subjects:
+            raise InvalidInputError(f"subject {subject!r} is not one of the voxel encoder's {voxel_encoder.subjects}.")
+        self.subject = subject
+        if (latent_mean is None) != (latent_std is None):
+            raise InvalidInputError("give both latent_mean and latent_std (Eq. 7), or neither.")
+        c = latent_decoder.config.latent_channels
+        stats = None if latent_mean is None else torch.stack([torch.as_tensor(latent_mean).float().reshape(-1),
+                                                              torch.as_tensor(latent_std).float().reshape(-1)])
+        if stats is not None and stats.shape != (2, c):
+            raise InvalidInputError(f"latent_mean / latent_std need {c} values (one per latent channel).")
+        self.register_buffer("latent_stats", stats if stats is not None else torch.zeros(0, c), persistent=False)
+        self._backbone = []                       # attached, never saved: the backbone is not this model's
+
+    # ------------------------------------------------------------------ the interface
+    def input_shape(self) -> tuple:
+        return (int(self.voxel_encoder.config.subject_voxels[self.subject]),)
+
+    def attach_backbone(self, backbone) -> "NeuralDiffuserModel":
+        """Use ``backbone``'s VAE decoder and image encoder for feature guidance (Eq. 14); returns self."""
+        self._backbone[:] = [backbone]
+        return self
+
+    def encode_scans(self, scans: torch.Tensor, semantic_source: torch.Tensor | None = None) -> dict:
+        """``ĉ`` (from ``semantic_source`` when given: the semantic swap), ``ẑ`` and ``ĝ^l`` of a batch."""
+        h = self.voxel_encoder(scans, self.subject)
+        h_sem = h if semantic_source is None else self.voxel_encoder(semantic_source, self.subject)
+        z = self.latent_decoder(h).prediction
+        if len(self.latent_stats) and len(z) >= 2:          # Eq. 6-7 need a set of decoded latents
+            z = align_first_order(z, self.latent_stats[0], self.latent_stats[1])
+        return {"text_condition": self.text_decoder(h_sem).prediction, "init_latents": z,
+                "features": {int(k): d(h).prediction for k, d in self.feature_decoders.items()}}
+
+    def unet_inputs(self, state, latents, timestep, branch, step, control_scale, uncond_context) -> dict:
+        c = state["text_condition"].to(latents.dtype)
+        ctx = {"cond": c, "uncond": uncond_context, "both": torch.cat([uncond_context, c])}[branch]
+        return {"encoder_hidden_states": ctx}
+
+    def initial_latents(self, state: dict) -> torch.Tensor:
+        return state["init_latents"]
+
+    def guidance_estimate(self, x0: torch.Tensor, latents: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """Eq. 12: ``ẑ_t = √(1−ᾱ_t) ẑ_0 + (1 − √(1−ᾱ_t)) z_t``, what the guidance loss decodes."""
+        s = (1 - alpha_bar).sqrt()
+        return s * x0 + (1 - s) * latents
+
+    def feature_targets(self, state: dict):
+        """Eq. 14's ``Σ_l ‖f_g^l(D(ẑ_t)) − ĝ^l‖²`` as a function of the estimate (``None`` without targets)."""
+        if not state["features"]:
+            return None
+        if not self._backbone:
+            raise InvalidInputError("feature guidance needs the backbone's image encoder and VAE decoder: call "
+                                    "model.attach_backbone(backbone) first (or use feature_guidance_scale=0).")
+        bb, targets = self._backbone[0], state["features"]
+
+        def loss(estimate):
+            feats = bb.encode_image_features(bb.decode_latents(estimate), layers=tuple(targets))
+            return sum(((feats[k].float() - t.detach().float()) ** 2).sum() for k, t in targets.items())
+        return loss
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory) -> Path:
+        """Write ``voxel_encoder/``, ``text_decoder/``, ``latent_decoder/``, ``feature_decoder_<l>/`` and
+        ``neuraldiffuser.json`` (subject, layers, latent statistics) atomically; return the folder."""
+        from ..io import atomic_dir, write_json
+
+        save_directory = Path(save_directory)
+        with atomic_dir(save_directory) as tmp:
+            for name in ("voxel_encoder", "text_decoder", "latent_decoder"):
+                getattr(self, name).save_pretrained(tmp / name)
+            for k, d in self.feature_decoders.items():
+                d.save_pretrained(tmp / f"feature_decoder_{k}")
+            stats = self.latent_stats.tolist() if len(self.latent_stats) else None
+            write_json(tmp / "neuraldiffuser.json", {"subject": self.subject,
+                                                     "feature_layers": [int(k) for k in self.feature_decoders],
+                                                     "latent_mean": stats[0] if stats else None,
+                                                     "latent_std": stats[1] if stats else None})
+        return save_directory
+
+    @classmethod
+    def from_pretrained(cls, directory, **kwargs) -> "NeuralDiffuserModel":
+        """Load a folder written by :meth:`save_pretrained` (``kwargs`` go to each part's loader)."""
+        from ..io import read_json
+
+        directory = Path(directory)
+        need = [directory / "neuraldiffuser.json"] + [directory / n / "config.json"
+                                                      for n in ("voxel_encoder", "text_decoder", "latent_decoder")]
+        missing = [str(p) for p in need if not p.is_file()]
+        if missing:
+            raise CheckpointError(f"{directory} is not a NeuralDiffuser model folder; missing: {', '.join(missing)}. "
+                                  "Write one with NeuralDiffuserModel.save_pretrained.")
+        meta = read_json(directory / "neuraldiffuser.json", "Write the folder again with NeuralDiffuserModel.save_pretrained.")
+        feats = {int(k): MixerDecoder.from_pretrained(directory / f"feature_decoder_{k}", **kwargs)
+                 for k in meta.get("feature_layers") or []}
+        return cls(VoxelEncoder.from_pretrained(directory / "voxel_encoder", **kwargs),
+                   MixerDecoder.from_pretrained(directory / "text_decoder", **kwargs),
+                   LatentDecoder.from_pretrained(directory / "latent_decoder", **kwargs), feats, meta["subject"],
+                   meta.get("latent_mean"), meta.get("latent_std"))

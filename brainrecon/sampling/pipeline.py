@@ -323,7 +323,7 @@ class BrainToImagePipeline(DiffusionPipeline):
             def hook(i, t, x, out):
                 if i >= n_guided:
                     return None
-                return _feature_guidance(self.scheduler, x, out, t, loss_fn, kappa)
+                return _feature_guidance(self.scheduler, x, out, t, loss_fn, kappa, cond.guidance_estimate)
 
         names = list(callback_on_step_end_tensor_inputs or ())
 
@@ -396,19 +396,21 @@ def _check_settings(gs, steps, alpha, eta, strength, kappa, eta_fg):
             check_range("feature_guidance_strength", eta_fg, 0.0, 1.0, float))
 
 
-def _feature_guidance(scheduler, x, out, t, loss_fn, kappa: float):
+def _feature_guidance(scheduler, x, out, t, loss_fn, kappa: float, estimate=None):
     """``out`` moved by ``κ √(1−ᾱ_t) ∇_x L(x̂_0)``, in the units of the scheduler's prediction type.
 
     The clean-latent estimate ``x̂_0`` (:func:`~brainrecon.diffusion.predict_original_sample`) is
     differentiated through its dependence on ``x_t`` with the model output held fixed (no second U-Net
-    pass). For ε prediction the shift is added to ε; for v prediction it is converted (``δv = δε / √ᾱ_t``).
+    pass); ``estimate`` (the conditioner's :meth:`guidance_estimate`) may blend it with ``x_t`` first
+    (NeuralDiffuser Eq. 12). For ε prediction the shift is added to ε; for v prediction it is converted
+    (``δv = δε / √ᾱ_t``).
     """
+    ab = scheduler.alphas_cumprod.to(x.device)[int(t)].float()
     with torch.enable_grad():
         xg = x.detach().float().requires_grad_(True)
         x0 = predict_original_sample(scheduler, xg, out.detach().float(), t)
-        loss = loss_fn(x0)
+        loss = loss_fn(x0 if estimate is None else estimate(x0, xg, ab))
         (grad,) = torch.autograd.grad(loss, xg)
-    ab = scheduler.alphas_cumprod.to(x.device)[int(t)].float()
     d_eps = kappa * (1 - ab).sqrt() * grad
     kind = scheduler.config.prediction_type
     if kind == "epsilon":

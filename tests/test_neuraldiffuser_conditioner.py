@@ -1,0 +1,121 @@
+"""NeuralDiffuser as the shared pipeline's conditioner: voxels in; ĉ as context, ẑ as img2img's start
+(Eq. 6-7 aligned), ĝ as the target of primary-visual-feature guidance (Eq. 12, 14; κ, η); save/load
+through model_index.json. The parts are untrained here: these tests are about the wiring."""
+import json
+
+import pytest
+import torch
+
+from brainrecon.errors import CheckpointError, InvalidInputError
+from brainrecon.models import LatentDecoder, MixerDecoder, NeuralDiffuserModel, VoxelEncoder
+from brainrecon.sampling import BrainToImagePipeline, load_reconstructor
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+STEPS, N_VOX = 6, 50
+
+
+@pytest.fixture(scope="module")
+def bb():
+    from brainrecon.backbones import load_backbone
+
+    return load_backbone("toy")
+
+
+def make(bb, stats=True, layers=(1, 3)):
+    torch.manual_seed(0)
+    c, s = bb.unet.config.in_channels, bb.unet.config.sample_size
+    width = bb.image_encoder.config.hidden_size
+    n_tok = (bb.image_size // bb.image_encoder.config.patch_size) ** 2 + 1
+    enc = VoxelEncoder({"subj01": N_VOX, "subj02": 30}, hidden_dim=32)
+    fc = MixerDecoder(32, bb.text_length, bb.text_embed_dim, n_tokens=4, token_dim=16, n_blocks=2, projection_hidden=16)
+    fz = LatentDecoder(32, c, s, grid_size=s // 2, grid_channels=16, n_blocks=2, projection_channels=8)
+    fg = {l: MixerDecoder(32, n_tok, width, n_tokens=4, token_dim=16, n_blocks=1, projection_hidden=16) for l in layers}
+    mean, std = (torch.linspace(-0.5, 0.5, c), torch.linspace(0.5, 1.5, c)) if stats else (None, None)
+    m = NeuralDiffuserModel(enc, fc, fz, fg, "subj01", mean, std).eval().requires_grad_(False)
+    return m.attach_backbone(bb)
+
+
+def pipe_of(bb, model):
+    p = BrainToImagePipeline.from_backbone(bb, model)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def gens(n, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def vox():
+    return torch.randn(3, N_VOX, generator=torch.Generator().manual_seed(5))
+
+
+def test_voxels_of_the_models_subject_run_through_the_pipeline(bb, vox):
+    p = pipe_of(bb, make(bb))
+    assert p.map_shape == (N_VOX,)
+    out = p(vox, num_inference_steps=STEPS, generator=gens(3)).images
+    assert out.shape == (3, 3, bb.image_size, bb.image_size) and torch.equal(
+        out, p(vox, num_inference_steps=STEPS, generator=gens(3)).images)
+    own = p(vox[1:2], num_inference_steps=STEPS, generator=gens(1)).images
+    swap = p(vox[1:2], semantic_source=vox[:1], num_inference_steps=STEPS, generator=gens(1)).images
+    assert not torch.allclose(own, swap, atol=1e-4)                # ĉ comes from the semantic source
+    with pytest.raises(InvalidInputError, match=r"voxel response vectors of shape \(B, 50\)"):
+        p(torch.randn(2, 30), num_inference_steps=STEPS)
+    with pytest.raises(InvalidInputError, match="not one of the voxel encoder"):
+        NeuralDiffuserModel(VoxelEncoder({"subj01": 4}, 8), make(bb).text_decoder, make(bb).latent_decoder,
+                            subject="subj09")
+
+
+def test_decoded_latents_are_aligned_to_the_training_statistics_and_start_img2img(bb, vox):
+    m = make(bb)
+    with torch.no_grad():
+        z = m.encode_scans(vox)["init_latents"]
+    assert torch.allclose(z.mean((0, 2, 3)), m.latent_stats[0], atol=1e-4)
+    assert torch.allclose(z.std((0, 2, 3)), m.latent_stats[1], atol=1e-3)
+    p = pipe_of(bb, m)
+    lat = {s: p(vox, strength=s, num_inference_steps=10, generator=gens(3), output_type="latent").images
+           for s in (0.2, 1.0)}
+    d = {s: float((lat[s] - z).pow(2).mean()) for s in lat}
+    assert d[0.2] < 0.5 * d[1.0]                                    # Algorithm 1 line 2: start from ẑ
+
+
+def test_feature_guidance_lowers_eq14_and_eta_sets_how_many_steps_it_acts(bb, vox):
+    m = make(bb)
+    p = pipe_of(bb, m)
+    with torch.no_grad():
+        state = m.encode_scans(vox)
+    loss = m.feature_targets(state)
+    kw = dict(num_inference_steps=STEPS, output_type="latent")
+    final = {}
+    for kappa, eta in ((0.0, 0.2), (2e-3, 0.5), (2e-3, 1.0)):
+        z = p(vox, feature_guidance_scale=kappa, feature_guidance_strength=eta, generator=gens(3), **kw).images
+        final[(kappa, eta)] = float(loss(z))
+    assert final[(2e-3, 1.0)] < final[(2e-3, 0.5)] < final[(0.0, 0.2)], final
+    # Eq. 12: the loss sees sqrt(1-a) x0 + (1 - sqrt(1-a)) x_t
+    x0, xt, a = torch.ones(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), torch.tensor(0.75)
+    assert torch.allclose(m.guidance_estimate(x0, xt, a), torch.full_like(x0, 0.5))
+    bare = NeuralDiffuserModel(m.voxel_encoder, m.text_decoder, m.latent_decoder, dict(m.feature_decoders.items()),
+                               "subj01")
+    with pytest.raises(InvalidInputError, match="attach_backbone"):
+        pipe_of(bb, bare)(vox, feature_guidance_scale=1.0, num_inference_steps=STEPS)
+    nofeat = make(bb, layers=())
+    with pytest.raises(InvalidInputError, match="no feature targets"):
+        pipe_of(bb, nofeat)(vox, feature_guidance_scale=1.0, num_inference_steps=STEPS)
+
+
+def test_save_and_load_reconstructor_build_it_from_model_index(bb, vox, tmp_path):
+    p = pipe_of(bb, make(bb))
+    p.save_pretrained(tmp_path / "nd")
+    index = json.loads((tmp_path / "nd" / "model_index.json").read_text())
+    assert index["conditioner"] == ["brainrecon.models.neuraldiffuser", "NeuralDiffuserModel"]
+    back = load_reconstructor(tmp_path / "nd")
+    back.set_progress_bar_config(disable=True)
+    assert isinstance(back.conditioner, NeuralDiffuserModel) and back.conditioner.subject == "subj01"
+    assert torch.equal(back.conditioner.latent_stats, p.conditioner.latent_stats)
+    assert sorted(int(k) for k in back.conditioner.feature_decoders) == [1, 3]
+    a = p(vox, num_inference_steps=STEPS, generator=gens(3)).images
+    b = back(vox, num_inference_steps=STEPS, generator=gens(3)).images
+    assert torch.equal(a, b)
+    (tmp_path / "nd" / "conditioner" / "neuraldiffuser.json").unlink()
+    with pytest.raises(CheckpointError, match="neuraldiffuser.json"):
+        NeuralDiffuserModel.from_pretrained(tmp_path / "nd" / "conditioner")
