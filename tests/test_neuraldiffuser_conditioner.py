@@ -119,3 +119,26 @@ def test_save_and_load_reconstructor_build_it_from_model_index(bb, vox, tmp_path
     (tmp_path / "nd" / "conditioner" / "neuraldiffuser.json").unlink()
     with pytest.raises(CheckpointError, match="neuraldiffuser.json"):
         NeuralDiffuserModel.from_pretrained(tmp_path / "nd" / "conditioner")
+
+
+def test_a_backbone_without_an_image_encoder_is_refused_when_attached(bb):
+    from types import SimpleNamespace
+
+    with pytest.raises(InvalidInputError, match="no image encoder"):
+        make(bb).attach_backbone(SimpleNamespace(image_encoder=None))
+    make(bb, layers=()).attach_backbone(SimpleNamespace(image_encoder=None))   # nothing to guide: accepted
+
+
+def test_benchmark_quick_mode_times_guided_and_unguided_in_one_run(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_neuraldiffuser.py"), "--quick", "--out",
+                          str(tmp_path / "b.json")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert set(res["rows"]) == {"unguided", "guided_eta0.2", "guided_eta1"}
+    assert res["rows"]["guided_eta1"]["guided_steps"] > res["rows"]["guided_eta0.2"]["guided_steps"] >= 0
+    assert res["overhead_eta0.2"] > 0 and res["rows"]["unguided"]["guided_steps"] == 0

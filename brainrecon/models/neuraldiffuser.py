@@ -366,6 +366,10 @@ class NeuralDiffuserModel(BrainConditioner, nn.Module):
 
     def attach_backbone(self, backbone) -> "NeuralDiffuserModel":
         """Use ``backbone``'s VAE decoder and image encoder for feature guidance (Eq. 14); returns self."""
+        if self.feature_decoders and getattr(backbone, "image_encoder", None) is None:
+            raise InvalidInputError("this backbone has no image encoder, which primary-visual-feature guidance "
+                                    "(Eq. 14) reads: load one with an image_encoder/ folder (e.g. CLIP ViT "
+                                    "for SD), or use a NeuralDiffuserModel without feature decoders.")
         self._backbone[:] = [backbone]
         return self
 
