@@ -198,8 +198,9 @@ def load_stage_world(world: str = "toy", toy_preset: str = "default", seed: int 
     return "nsd", [load_nsd(world, s, space="fsaverage", n_sessions=nsd_sessions) for s in subs]
 
 
-def make_stage_dataset(source, subjects, split: str, resolution: int, crop, repeats: str = "average"):
-    """A flatmap :class:`~brainrecon.data.pairs.BrainImageDataset` of ``subjects`` from a stage world.
+def make_stage_dataset(source, subjects, split: str, resolution: int, crop, repeats: str = "average",
+                       representation: str = "flatmap"):
+    """A flatmap (or voxel) :class:`~brainrecon.data.pairs.BrainImageDataset` of ``subjects`` from a stage world.
 
     Parameters
     ----------
@@ -211,15 +212,18 @@ def make_stage_dataset(source, subjects, split: str, resolution: int, crop, repe
         :class:`~brainrecon.data.surface.FlatmapProjector` settings.
     repeats : {"average", "each"}
         Toy world only: repeat averages or single trials (NSD rows are as ``load_nsd`` made them).
+    representation : {"flatmap", "voxels"}
+        ``"voxels"``: each subject's own response vectors (``resolution`` and ``crop`` unused).
     """
     from ..data.pairs import make_nsd_dataset, make_toy_dataset
     from ..data.surface import FlatmapProjector
 
-    proj = FlatmapProjector(resolution, crop=crop)
+    proj = FlatmapProjector(resolution, crop=crop) if representation == "flatmap" else None
     if isinstance(source, (list, tuple)):
         chosen = [d for d in source if f"subj{d.subject:02d}" in subjects]
-        return make_nsd_dataset(chosen, split=split, projector=proj)
-    return make_toy_dataset(source, subjects=subjects, split=split, projector=proj, repeats=repeats)
+        return make_nsd_dataset(chosen, split=split, representation=representation, projector=proj)
+    return make_toy_dataset(source, subjects=subjects, split=split, representation=representation, projector=proj,
+                            repeats=repeats)
 
 
 def known_subjects(source) -> list:

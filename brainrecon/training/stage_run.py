@@ -116,6 +116,10 @@ class RunContext:
     def dataset(self, subjects, split, resolution, crop, repeats):
         return sd.make_stage_dataset(self.source, subjects, split, resolution, crop, repeats)
 
+    def voxel_dataset(self, subjects, split, repeats: str = "average"):
+        """Each subject's own response vectors (methods whose input is ``"voxels"``)."""
+        return sd.make_stage_dataset(self.source, subjects, split, 0, None, repeats, representation="voxels")
+
     def backbone(self, backbone=None):
         """The backbone (loaded from ``config.backbone`` unless given), frozen, on the device."""
         from ..backbones.hub import TOY_WEIGHTS_DIR

@@ -1,0 +1,263 @@
+"""NeuralDiffuser's training: multi-subject pre-training, then one subject's fine-tuning (§4.2.3).
+
+::
+
+    from brainrecon.training.neuraldiffuser import NeuralDiffuserConfig, train_neuraldiffuser
+    out = train_neuraldiffuser(NeuralDiffuserConfig.smoke(output_dir="runs/nd"))   # seconds
+    pipe = load_reconstructor(out / "reconstructor")                              # voxels -> images
+
+Both phases train every decoder at once on one objective per batch (a batch holds one subject's
+scans, since voxel counts differ):
+
+* ``f_c`` (text condition ``ĉ``): MSE to the caption's text features plus ``contrastive_weight`` ×
+  MixCo (Eq. 1, on mixed voxels) for the first ``mixco_fraction`` of the steps and soft CLIP (Eq. 2) after
+  — the paper's Eq. 3 without its diffusion prior, whose regression role the MSE takes;
+* ``f_z`` (initial latent ``ẑ``): MAE (Eq. 5) + ``contrastive_weight`` × soft CLIP of its grid projection
+  against the latent pooled to that grid (Eq. 4);
+* ``f_g^l`` (``feature_layers`` of the image encoder, Eq. 13): MSE + the same contrastive schedule.
+
+Phase ``pretrain`` uses every subject but ``subject`` (leave-the-target-out); phase ``finetune`` adds
+``subject``'s voxel encoder and trains it with the shared decoders on that subject's scans. Each
+phase checkpoints under ``OUT/checkpoints/<phase>`` and resumes after a kill
+(:class:`~brainrecon.training.stage_run.RunContext`, :func:`~brainrecon.training.fit`; ``accelerate
+launch`` runs it on several processes). The finished folder holds ``reconstructor/`` (the
+pipeline, light: the backbone comes from ``backbone.json``), the run records, and ``metrics.json``
+with held-out figures against the mean and shuffled-scan baselines and two-way / top-1 retrieval.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidInputError
+from ..models.neuraldiffuser import (LatentDecoder, MixerDecoder, NeuralDiffuserModel, VoxelEncoder, mixco_loss,
+                                     mixco_mix, soft_clip_loss)
+from .stage_run import RunContext
+from .stages import _Common
+
+__all__ = ["NeuralDiffuserConfig", "train_neuraldiffuser", "NeuralDiffuserData"]
+
+
+@dataclass(frozen=True)
+class NeuralDiffuserConfig(_Common):
+    """Settings of :func:`train_neuraldiffuser` (``steps``: the fine-tuning phase's steps)."""
+
+    subject: str = "subj01"
+    pretrain_subjects: tuple | None = None      # None: every subject of the world but ``subject``
+    pretrain_steps: int = 1500
+    hidden_dim: int = 256
+    mixer_tokens: int = 8
+    mixer_dim: int = 64
+    feature_layers: tuple = (1, 2, 3)
+    contrastive_weight: float = 0.1
+    mixco_fraction: float = 1 / 3
+    temperature: float = 0.05
+    mixco_beta: float = 0.15
+    dropout: float = 0.15
+
+    @property
+    def subjects(self) -> tuple | None:
+        """The subjects to load (``None``: all of the world's; NSD loads only these)."""
+        return None if self.pretrain_subjects is None else (self.subject, *self.pretrain_subjects)
+
+    _SMOKE = dict(toy_preset="smoke", steps=20, pretrain_steps=30, batch_size=16, lr=2e-3, warmup_steps=2,
+                  checkpoint_every=10, hidden_dim=32, mixer_tokens=4, mixer_dim=16, feature_layers=(1, 3),
+                  n_eval=30, progress=False)
+    _DEFAULT = dict(steps=800, pretrain_steps=1500, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=200,
+                    n_eval=300)
+
+
+@dataclass(eq=False)
+class NeuralDiffuserData:
+    """One split's cached tensors: per subject its voxels and row indices into the targets."""
+
+    voxels: dict          # subject -> (N_s, V_s)
+    rows: dict            # subject -> (N_s,) long, rows of the targets below
+    text: torch.Tensor    # (N, L_T, d_T)
+    latents: torch.Tensor  # (N, c, h, w)
+    features: dict        # layer -> (N, tokens, width)
+
+
+@torch.no_grad()
+def _cache(dataset, bb, layers, batch: int = 64) -> NeuralDiffuserData:
+    voxels, rows, text, lat, feats = {}, {}, [], [], {int(k): [] for k in layers}
+    items = [dataset[i] for i in range(len(dataset))]
+    for s, name in enumerate(dataset.subjects):
+        idx = [i for i, it in enumerate(items) if it["subject"] == s]
+        voxels[name] = torch.stack([items[i]["brain"] for i in idx]).float()
+        rows[name] = torch.as_tensor(idx, dtype=torch.long)
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        imgs = bb.resize(torch.stack([it["image"] for it in chunk]).to(bb.device))
+        text.append(bb.encode_text([it["caption"] for it in chunk]).float().cpu())
+        lat.append(bb.encode_latents(imgs).float().cpu())
+        f = bb.encode_image_features(imgs, layers=tuple(feats))
+        for k in feats:
+            feats[k].append(f[k].float().cpu())
+    return NeuralDiffuserData(voxels, rows, torch.cat(text), torch.cat(lat), {k: torch.cat(v) for k, v in feats.items()})
+
+
+class _Decoders(torch.nn.Module):
+    """What one phase trains: the voxel encoder and every decoder."""
+
+    def __init__(self, model: NeuralDiffuserModel):
+        super().__init__()
+        self.voxel_encoder, self.text_decoder = model.voxel_encoder, model.text_decoder
+        self.latent_decoder, self.feature_decoders = model.latent_decoder, model.feature_decoders
+
+
+def _loss(m: _Decoders, v, subject, y_text, y_lat, y_feat, cfg, mixco: bool):
+    w, tau = cfg.contrastive_weight, cfg.temperature
+    h = m.voxel_encoder(v, subject)
+    logs = {}
+
+    def contrast(dec_or_out, target):
+        if mixco:                                  # Eq. 1 on mixed voxels (a second pass through the parts)
+            mixed, lam, perm = mixco_mix(v, cfg.mixco_beta)
+            p = dec_or_out(m.voxel_encoder(mixed, subject)).projection
+            return mixco_loss(p, target, lam, perm, tau)
+        return None
+
+    out_c = m.text_decoder(h)
+    l_c = F.mse_loss(out_c.prediction, y_text)
+    k_c = contrast(m.text_decoder, y_text.flatten(1)) if mixco else soft_clip_loss(out_c.projection, y_text.flatten(1), tau)
+    out_z = m.latent_decoder(h)
+    g = m.latent_decoder.config.grid_size
+    l_z = F.l1_loss(out_z.prediction, y_lat)
+    k_z = soft_clip_loss(out_z.projection, F.adaptive_avg_pool2d(y_lat, g).flatten(1), tau)
+    loss = l_c + w * k_c + l_z + w * k_z
+    logs.update(text_mse=l_c.detach(), latent_mae=l_z.detach(), contrast_text=k_c.detach())
+    for k, dec in m.feature_decoders.items():
+        out_g = dec(h)
+        y = y_feat[int(k)]
+        k_g = contrast(dec, y.flatten(1)) if mixco else soft_clip_loss(out_g.projection, y.flatten(1), tau)
+        l_g = F.mse_loss(out_g.prediction, y)
+        loss = loss + l_g + w * k_g
+        logs[f"feature_mse_{k}"] = l_g.detach()
+    return loss, logs
+
+
+def _batches(data: NeuralDiffuserData, subjects, batch_size: int, seed: int):
+    import numpy as np
+
+    def get(step):
+        rng = np.random.default_rng([int(seed), 11, int(step)])
+        s = subjects[step % len(subjects)]                    # one subject per batch (voxel counts differ)
+        i = torch.as_tensor(rng.integers(0, len(data.voxels[s]), batch_size))
+        r = data.rows[s][i]
+        return (data.voxels[s][i], data.text[r], data.latents[r], {k: f[r] for k, f in data.features.items()},
+                torch.tensor(step))
+    return get
+
+
+def _new_model(cfg, bb, voxel_counts: dict) -> NeuralDiffuserModel:
+    c, side = int(bb.unet.config.in_channels), int(bb.unet.config.sample_size)
+    if bb.image_encoder is None and cfg.feature_layers:
+        raise InvalidInputError("NeuralDiffuser's feature decoders read the backbone's image encoder, which this "
+                                "backbone lacks; add an image_encoder/ folder or set feature_layers=().")
+    n_tok = None
+    if cfg.feature_layers:
+        with torch.no_grad():
+            probe = bb.encode_image_features(torch.zeros(1, 3, bb.image_size, bb.image_size, device=bb.device),
+                                             layers=tuple(cfg.feature_layers))
+        n_tok = {int(k): tuple(probe[k].shape[1:]) for k in cfg.feature_layers}
+    kw = dict(n_tokens=cfg.mixer_tokens, token_dim=cfg.mixer_dim, projection_hidden=2 * cfg.mixer_dim,
+              dropout=cfg.dropout)
+    grid = max(1, side // 2)
+    return NeuralDiffuserModel(
+        VoxelEncoder(voxel_counts, cfg.hidden_dim),
+        MixerDecoder(cfg.hidden_dim, int(bb.text_length), int(bb.text_embed_dim), **kw),
+        LatentDecoder(cfg.hidden_dim, c, side, grid_size=grid, grid_channels=4 * c, projection_channels=c,
+                      dropout=cfg.dropout),
+        {k: MixerDecoder(cfg.hidden_dim, t[0], t[1], **kw) for k, t in (n_tok or {}).items()},
+        subject=next(iter(voxel_counts)))
+
+
+def _phase(ctx, model, data, subjects, steps, cfg, phase):
+    if steps <= 0:
+        return None
+    parts = _Decoders(model)
+    n_mix = int(steps * cfg.mixco_fraction)
+
+    def loss_fn(m, batch, step):
+        v, yt, yz, yf, _ = batch
+        return _loss(m, v, subjects[step % len(subjects)], yt, yz, yf, cfg, mixco=step < n_mix)
+
+    return ctx.fit(parts, loss_fn, _batches(data, subjects, cfg.batch_size, cfg.seed + len(phase)),
+                   cfg.fit_config(steps, cfg.lr, f"NeuralDiffuser {phase}", tag=len(phase)), phase)
+
+
+@torch.no_grad()
+def _evaluate(model, data: NeuralDiffuserData, subject: str, n: int, train_latents: torch.Tensor) -> dict:
+    """Held-out figures of one subject: each decoder against the mean and shuffled-scan baselines, retrieval."""
+    model.eval()
+    v, r = data.voxels[subject][:n], data.rows[subject][:n]
+    st = model.encode_scans(v)
+    out = {"n_test": int(len(v))}
+    perm = torch.roll(torch.arange(len(v)), len(v) // 2)
+    pairs = [("text", st["text_condition"], data.text[r], F.mse_loss),
+             ("latent", st["init_latents"], data.latents[r], F.l1_loss)]
+    pairs += [(f"feature_{k}", st["features"][k], data.features[k][r], F.mse_loss) for k in st["features"]]
+    for name, pred, y, fn in pairs:
+        mean = (train_latents.mean(0) if name == "latent" else y.mean(0)).expand_as(y)
+        out[name] = {"error": float(fn(pred, y)), "mean_baseline": float(fn(mean, y)),
+                     "shuffled_scan": float(fn(pred[perm], y))}
+    # retrieval among the held-out scans (two-way and top-1), on the deepest feature layer's tokens
+    if st["features"]:
+        k = max(st["features"])
+        p = F.normalize(st["features"][k].flatten(1), dim=-1)
+        y = F.normalize(data.features[k][r].flatten(1), dim=-1)
+        sim = p @ y.T
+        idx = torch.arange(len(sim))
+        out["retrieval_layer"] = int(k)
+        out["brain_to_image_top1"] = float((sim.argmax(1) == idx).float().mean())
+        out["image_to_brain_top1"] = float((sim.argmax(0) == idx).float().mean())
+        out["two_way"] = float((sim.diag()[:, None] > sim).float().sum() / (len(sim) * (len(sim) - 1)))
+        out["chance_top1"] = 1 / len(sim)
+    return out
+
+
+def train_neuraldiffuser(config: NeuralDiffuserConfig, world=None, backbone=None) -> Path:
+    """Pre-train on the other subjects, fine-tune on ``config.subject``, save, score; return the folder.
+
+    Parameters
+    ----------
+    config : NeuralDiffuserConfig
+    world : ToyWorld, optional
+        An already built toy world (else ``config.world`` / ``toy_preset``).
+    backbone : Backbone, optional
+        Else ``config.backbone`` is loaded.
+    """
+    from ..sampling import BrainToImagePipeline
+
+    cfg = config
+    with RunContext(cfg, "neuraldiffuser", world=world) as ctx:
+        bb = ctx.backbone(backbone)
+        target = ctx.subjects([cfg.subject], ())[0]
+        no_pretraining = cfg.pretrain_subjects is not None and len(cfg.pretrain_subjects) == 0
+        others = [] if no_pretraining else ctx.subjects(cfg.pretrain_subjects, (target,))
+        layers = tuple(int(k) for k in cfg.feature_layers)
+        train = _cache(ctx.voxel_dataset([*others, target], "train"), bb, layers)
+        test = _cache(ctx.voxel_dataset([target], "test"), bb, layers)
+        counts = {s: int(train.voxels[s].shape[1]) for s in [*others, target]}
+        model = _new_model(cfg, bb, {s: counts[s] for s in (others or [target])})
+        results = {}
+        r = _phase(ctx, model, train, others, cfg.pretrain_steps if others else 0, cfg, "pretrain")
+        if r is not None:
+            results["pretrain"] = r
+        if target not in model.voxel_encoder.subjects:
+            torch.manual_seed(cfg.seed)
+            model.voxel_encoder.add_subject(target, counts[target])
+        model.subject = target
+        results["finetune"] = _phase(ctx, model, train, [target], cfg.steps, cfg, "finetune")
+        lat = train.latents[train.rows[target]]
+        model.latent_stats = torch.stack([lat.mean((0, 2, 3)), lat.std((0, 2, 3))]).to(model.latent_stats)
+        metrics = _evaluate(model.cpu(), test, target, cfg.n_eval, lat)
+        if ctx.is_main:
+            pipe = BrainToImagePipeline.from_backbone(bb, model.eval().requires_grad_(False))
+            pipe.save_pretrained(ctx.out / "reconstructor")
+        ctx.finish({"subject": target, "pretrain_subjects": others, **metrics}, results)
+    return Path(cfg.output_dir)

@@ -1,0 +1,55 @@
+"""NeuralDiffuser's training on the shared run machinery (smoke size): both phases, the saved
+reconstructor, held-out metrics with their baselines, exact resume, refusals before any compute."""
+import json
+
+import pytest
+import torch
+
+from brainrecon.errors import InvalidInputError
+from brainrecon.training.neuraldiffuser import NeuralDiffuserConfig, train_neuraldiffuser
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nd") / "run"
+    train_neuraldiffuser(NeuralDiffuserConfig.smoke(output_dir=str(out)))
+    return out
+
+
+def test_both_phases_train_and_the_reconstructor_loads(run):
+    from brainrecon.models import NeuralDiffuserModel
+    from brainrecon.sampling import load_reconstructor
+
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["pretrain_subjects"] == ["subj02", "subj03"] and m["subject"] == "subj01"
+    for phase in ("pretrain", "finetune"):
+        assert m["losses"][phase]["loss_final"] < m["losses"][phase]["loss_first"]
+    for part in ("text", "latent", "feature_1", "feature_3"):
+        assert {"error", "mean_baseline", "shuffled_scan"} <= set(m[part])
+    assert 0 <= m["brain_to_image_top1"] <= 1 and m["chance_top1"] == pytest.approx(1 / m["n_test"])
+    pipe = load_reconstructor(run / "reconstructor")
+    assert isinstance(pipe.conditioner, NeuralDiffuserModel) and pipe.conditioner.subject == "subj01"
+    assert len(pipe.conditioner.latent_stats) == 2 and set(pipe.conditioner.voxel_encoder.subjects) == {
+        "subj01", "subj02", "subj03"}
+    pipe.set_progress_bar_config(disable=True)
+    n = pipe.map_shape[0]
+    img = pipe(torch.randn(2, n), strength=0.75, num_inference_steps=4,
+               generator=[torch.Generator().manual_seed(i) for i in range(2)]).images
+    assert img.shape[:2] == (2, 3) and torch.isfinite(img).all()
+    run_rec = json.loads((run / "run.json").read_text())
+    assert run_rec["stage"] == "neuraldiffuser" and run_rec["steps"] == {"pretrain": 30, "finetune": 20}
+
+
+def test_a_rerun_resumes_from_the_checkpoints_and_gives_the_same_figures(run):
+    before = json.loads((run / "metrics.json").read_text())
+    train_neuraldiffuser(NeuralDiffuserConfig.smoke(output_dir=str(run)))
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["losses"]["finetune"]["resumed_from"] == 20 and after["text"] == before["text"]
+
+
+def test_unknown_subjects_are_refused_before_any_training(tmp_path):
+    with pytest.raises(InvalidInputError, match="subj09"):
+        train_neuraldiffuser(NeuralDiffuserConfig.smoke(output_dir=str(tmp_path / "x"), subject="subj09"))
+    assert not (tmp_path / "x" / "checkpoints").exists()
