@@ -34,6 +34,7 @@ examples:
   brainrecon demo --out demo-out                    NeuroPictor on held-out toy scans: alpha sweep, swap, report
   brainrecon evaluate runs/recon                    the field's metrics on a results folder
   brainrecon train neuropictor --out runs/np         NeuroPictor stages i-iii in the toy world
+  brainrecon train neuraldiffuser --out runs/nd      NeuralDiffuser's decoders (toy world)
   brainrecon lab                                    JupyterLab on the notebooks (127.0.0.1:8888)
   brainrecon explore                                the explorer page in Voila (127.0.0.1:8866)
 """
@@ -142,6 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-baselines", dest="baselines", action="store_false", help="skip the scratch runs")
     t.add_argument("--ship-to", dest="ship_to", default=None, metavar="DIR",
                    help="copy the refined reconstructor (model/ + backbone.json) here")
+    t.add_argument("--threads", type=int, default=1)
+    t = tsub.add_parser(
+        "neuraldiffuser", formatter_class=fmt, help="NeuralDiffuser's voxel decoders: pre-training and fine-tuning",
+        description=textwrap.dedent("""\
+            Multi-subject pre-training of the voxel encoders and the text / latent / image-feature
+            decoders on every subject but SUBJECT, then fine-tuning on SUBJECT
+            (brainrecon.training.train_neuraldiffuser). Writes OUT/reconstructor/ (load it with
+            brainrecon.sampling.load_reconstructor) and OUT/metrics.json; rerunning resumes."""))
+    t.add_argument("--out", default="runs/neuraldiffuser_toy", help="output folder (default: %(default)s)")
+    t.add_argument("--preset", choices=("default", "smoke"), default="default",
+                   help="'default': the toy recipe; 'smoke': seconds")
+    t.add_argument("--subject", default="subj01")
     t.add_argument("--threads", type=int, default=1)
 
     p = sub.add_parser(
@@ -304,6 +317,13 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    if args.train_command == "neuraldiffuser":
+        from .training.neuraldiffuser import NeuralDiffuserConfig, train_neuraldiffuser
+
+        make = getattr(NeuralDiffuserConfig, args.preset)
+        out = train_neuraldiffuser(make(output_dir=args.out, subject=args.subject, threads=args.threads))
+        print(f"wrote {out}/ (reconstructor/, metrics.json, run.json)")
+        return 0
     if args.train_command != "neuropictor":
         build_parser().parse_args(["train", "--help"])
         return 0

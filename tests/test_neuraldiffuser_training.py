@@ -53,3 +53,11 @@ def test_unknown_subjects_are_refused_before_any_training(tmp_path):
     with pytest.raises(InvalidInputError, match="subj09"):
         train_neuraldiffuser(NeuralDiffuserConfig.smoke(output_dir=str(tmp_path / "x"), subject="subj09"))
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_the_cli_trains_it(tmp_path, capsys):
+    from brainrecon.cli import main
+
+    assert main(["train", "neuraldiffuser", "--preset", "smoke", "--out", str(tmp_path / "cli")]) == 0
+    assert "reconstructor/" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "reconstructor" / "model_index.json").is_file()
