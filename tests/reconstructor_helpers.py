@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from brainrecon.models import CalibratedEncoder, NeuroPictorModel
+from brainrecon.models import (CalibratedEncoder, LatentDecoder, MixerDecoder, NeuralDiffuserModel, NeuroPictorModel,
+                               VoxelEncoder)
 
 
 def make_model(backbone, seed: int = 0, trained: bool = True, image_size: int = 32) -> NeuroPictorModel:
@@ -35,3 +36,18 @@ def write_tiny_reconstructor(path, seed: int = 0) -> Path:
     make_model(load_backbone("toy"), seed=seed).save_pretrained(path / "model")
     (path / "backbone.json").write_text(json.dumps({"backbone": "toy"}))
     return path
+
+
+def make_neuraldiffuser(bb, stats=True, layers=(1, 3), n_vox=50):
+    """An untrained NeuralDiffuserModel of toy sizes for subj01 (``n_vox`` voxels), attached to ``bb``."""
+    torch.manual_seed(0)
+    c, s = bb.unet.config.in_channels, bb.unet.config.sample_size
+    width = bb.image_encoder.config.hidden_size
+    n_tok = (bb.image_size // bb.image_encoder.config.patch_size) ** 2 + 1
+    enc = VoxelEncoder({"subj01": n_vox, "subj02": 30}, hidden_dim=32)
+    fc = MixerDecoder(32, bb.text_length, bb.text_embed_dim, n_tokens=4, token_dim=16, n_blocks=2, projection_hidden=16)
+    fz = LatentDecoder(32, c, s, grid_size=s // 2, grid_channels=16, n_blocks=2, projection_channels=8)
+    fg = {l: MixerDecoder(32, n_tok, width, n_tokens=4, token_dim=16, n_blocks=1, projection_hidden=16) for l in layers}
+    mean, std = (torch.linspace(-0.5, 0.5, c), torch.linspace(0.5, 1.5, c)) if stats else (None, None)
+    m = NeuralDiffuserModel(enc, fc, fz, fg, "subj01", mean, std).eval().requires_grad_(False)
+    return m.attach_backbone(bb)

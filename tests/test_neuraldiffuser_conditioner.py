@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from brainrecon.errors import CheckpointError, InvalidInputError
-from brainrecon.models import LatentDecoder, MixerDecoder, NeuralDiffuserModel, VoxelEncoder
+from brainrecon.models import NeuralDiffuserModel, VoxelEncoder
 from brainrecon.sampling import BrainToImagePipeline, load_reconstructor
+from reconstructor_helpers import make_neuraldiffuser as make
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-STEPS, N_VOX = 6, 50
+STEPS, N_VOX = 6, 50      # make_neuraldiffuser: subj01 reads 50 voxels
 
 
 @pytest.fixture(scope="module")
@@ -19,20 +20,6 @@ def bb():
     from brainrecon.backbones import load_backbone
 
     return load_backbone("toy")
-
-
-def make(bb, stats=True, layers=(1, 3)):
-    torch.manual_seed(0)
-    c, s = bb.unet.config.in_channels, bb.unet.config.sample_size
-    width = bb.image_encoder.config.hidden_size
-    n_tok = (bb.image_size // bb.image_encoder.config.patch_size) ** 2 + 1
-    enc = VoxelEncoder({"subj01": N_VOX, "subj02": 30}, hidden_dim=32)
-    fc = MixerDecoder(32, bb.text_length, bb.text_embed_dim, n_tokens=4, token_dim=16, n_blocks=2, projection_hidden=16)
-    fz = LatentDecoder(32, c, s, grid_size=s // 2, grid_channels=16, n_blocks=2, projection_channels=8)
-    fg = {l: MixerDecoder(32, n_tok, width, n_tokens=4, token_dim=16, n_blocks=1, projection_hidden=16) for l in layers}
-    mean, std = (torch.linspace(-0.5, 0.5, c), torch.linspace(0.5, 1.5, c)) if stats else (None, None)
-    m = NeuralDiffuserModel(enc, fc, fz, fg, "subj01", mean, std).eval().requires_grad_(False)
-    return m.attach_backbone(bb)
 
 
 def pipe_of(bb, model):
