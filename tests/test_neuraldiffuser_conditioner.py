@@ -129,3 +129,18 @@ def test_benchmark_quick_mode_times_guided_and_unguided_in_one_run(tmp_path):
     assert set(res["rows"]) == {"unguided", "guided_eta0.2", "guided_eta1"}
     assert res["rows"]["guided_eta1"]["guided_steps"] > res["rows"]["guided_eta0.2"]["guided_steps"] >= 0
     assert res["overhead_eta0.2"] > 0 and res["rows"]["unguided"]["guided_steps"] == 0
+
+
+def test_the_kappa_eta_sweep_scores_every_setting_on_the_same_scans_and_seeds(bb, vox):
+    from brainrecon.sampling import sweep_feature_guidance
+
+    p = pipe_of(bb, make(bb))
+    targets = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    res = sweep_feature_guidance(p, vox, targets, kappas=(0.0, 2e-3), etas=(0.2, 1.0), num_inference_steps=STEPS,
+                                 metrics=("pixcorr", "ssim"))
+    assert [(r["kappa"], r["eta"]) for r in res["rows"]] == [(0.0, None), (2e-3, 0.2), (2e-3, 1.0)]
+    assert all(-1 <= r["pixcorr"] <= 1 and -1 <= r["ssim"] <= 1 for r in res["rows"])
+    again = sweep_feature_guidance(p, vox, targets, kappas=(0.0,), etas=(0.2,), num_inference_steps=STEPS,
+                                   metrics=("pixcorr",))
+    assert torch.equal(again["images"][(0.0, 0.2)], res["images"][(0.0, 0.2)])
+    assert not torch.allclose(res["images"][(2e-3, 1.0)], res["images"][(0.0, 0.2)], atol=1e-4)

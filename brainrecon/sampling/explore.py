@@ -8,6 +8,7 @@
   (NeuroPictor Eq. 7, Fig. 6); :func:`plot_control_sweep`;
 * :func:`swap_grid` — every (layout source × semantic source) pair (the semantic swap);
   :func:`plot_swap_grid`;
+* :func:`sweep_feature_guidance` — the same scans and seeds at every (κ, η) of feature guidance, scored;
 * :func:`evaluate_reconstructor` — the acceptance figures on the toy world through
   :func:`brainrecon.metrics.evaluate`: α = 1 vs α = 0, CFG 0 vs default, and the swap test.
 """
@@ -126,6 +127,46 @@ def sweep_control_scale(pipe, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), seed: in
     """
     return {float(a): reconstruct(pipe, data, seed=seed, control_scale=float(a), **kwargs)["images"]
             for a in alphas}
+
+
+def sweep_feature_guidance(pipe, data, targets, kappas=(0.0, 1e-4, 1e-3, 1e-2), etas=(0.2, 0.5, 1.0),
+                           strength: float = 0.75, seed: int = 0, metrics=("pixcorr", "ssim", "alexnet2", "clip"),
+                           feature_set="toy", **kwargs) -> dict:
+    """The same scans and seeds at every (κ, η) of feature guidance, scored (NeuralDiffuser Tab. 2, Fig. 8).
+
+    Parameters
+    ----------
+    pipe : BrainToImagePipeline
+        A reconstructor with feature targets (NeuralDiffuser, its backbone attached).
+    data : Tensor ``(N, V)`` or dataset
+        Test scans.
+    targets : array ``(N, 3, S, S)``
+        Their seen images.
+    kappas, etas : sequences of float
+        ``feature_guidance_scale`` and ``feature_guidance_strength``; κ = 0 is run once.
+    strength : float
+        img2img strength (Algorithm 1 starts from the decoded latent).
+    metrics, feature_set
+        Passed to :func:`brainrecon.metrics.evaluate`.
+    **kwargs
+        Passed to :func:`reconstruct` (``num_inference_steps``, ``batch_size``...).
+
+    Returns
+    -------
+    dict
+        ``rows``: one dict per setting (``kappa``, ``eta`` and each metric); ``images``: ``{(κ, η): images}``.
+    """
+    from ..metrics import evaluate, metrics_dict
+
+    rows, images = [], {}
+    for k in kappas:
+        for e in (etas if float(k) > 0 else etas[:1]):
+            imgs = reconstruct(pipe, data, seed=seed, strength=strength, feature_guidance_scale=float(k),
+                               feature_guidance_strength=float(e), **kwargs)["images"]
+            images[(float(k), float(e))] = imgs
+            scores = metrics_dict(evaluate(imgs, targets, metrics=list(metrics), feature_set=feature_set))
+            rows.append({"kappa": float(k), "eta": float(e) if float(k) > 0 else None, **scores})
+    return {"rows": rows, "images": images}
 
 
 def plot_control_sweep(sweep: dict, targets, titles=None):
