@@ -28,7 +28,10 @@ def _generators(seed: int, indices) -> list:
 
 
 def make_test_maps(pipe, world, subject: str, n_test: int | None = None) -> dict:
-    """A toy subject's held-out shared test scans (repeat averages) as the reconstructor's flatmaps.
+    """A toy subject's held-out shared test scans (repeat averages) as the reconstructor's input.
+
+    Flatmaps for a flatmap method; for a voxel method (``pipe.conditioner.input_kind == "voxels"``)
+    ``maps`` holds the subject's voxel vectors ``(N, V)``.
 
     Parameters
     ----------
@@ -47,7 +50,10 @@ def make_test_maps(pipe, world, subject: str, n_test: int | None = None) -> dict
     """
     from ..data.pairs import make_toy_dataset
 
-    ds = make_toy_dataset(world, subjects=[subject], split="test", projector=pipe.make_projector())
+    if getattr(pipe.conditioner, "input_kind", "flatmap") == "voxels":     # e.g. NeuralDiffuser
+        ds = make_toy_dataset(world, subjects=[subject], split="test", representation="voxels")
+    else:
+        ds = make_toy_dataset(world, subjects=[subject], split="test", projector=pipe.make_projector())
     n = len(ds) if n_test is None else min(int(n_test), len(ds))
     if n < 1:
         raise InvalidInputError(f"{subject} has no test scans to reconstruct.")

@@ -38,7 +38,7 @@ from ..models.neuraldiffuser import (LatentDecoder, MixerDecoder, NeuralDiffuser
 from .stage_run import RunContext
 from .stages import _Common
 
-__all__ = ["NeuralDiffuserConfig", "train_neuraldiffuser", "NeuralDiffuserData"]
+__all__ = ["NeuralDiffuserConfig", "train_neuraldiffuser", "NeuralDiffuserData", "plot_decoder_scores"]
 
 
 @dataclass(frozen=True)
@@ -261,3 +261,43 @@ def train_neuraldiffuser(config: NeuralDiffuserConfig, world=None, backbone=None
             pipe.save_pretrained(ctx.out / "reconstructor")
         ctx.finish({"subject": target, "pretrain_subjects": others, **metrics}, results)
     return Path(cfg.output_dir)
+
+
+def plot_decoder_scores(metrics: dict):
+    """Each decoder's held-out error beside its baselines, as a share of the mean-prediction baseline.
+
+    Parameters
+    ----------
+    metrics : dict
+        ``metrics.json`` of :func:`train_neuraldiffuser` (entries with ``error``, ``mean_baseline``,
+        ``shuffled_scan``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import numpy as np
+
+    from ..figures import Figure
+
+    parts = [k for k, v in metrics.items() if isinstance(v, dict) and {"error", "mean_baseline"} <= set(v)]
+    if not parts:
+        raise InvalidInputError("no decoder figures (entries with 'error' and 'mean_baseline') in these metrics.")
+    fig = Figure(figsize=(1.6 + 1.3 * len(parts), 3.2))
+    ax = fig.subplots()
+    x = np.arange(len(parts))
+    for j, (key, label) in enumerate((("error", "decoded"), ("shuffled_scan", "shuffled scan"),
+                                      ("mean_baseline", "training mean"))):
+        vals = [metrics[p][key] / metrics[p]["mean_baseline"] for p in parts]
+        ax.bar(x + (j - 1) * 0.27, vals, 0.27, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(parts, fontsize=8)
+    ax.set_ylabel("held-out error / mean baseline")
+    ax.axhline(1.0, color="0.5", lw=0.8)
+    ax.legend(fontsize=7)
+    sub = metrics.get("subject", "")
+    top1 = metrics.get("brain_to_image_top1")
+    ax.set_title(f"NeuralDiffuser decoders, {sub}" + (f" · brain→image top-1 {top1:.0%}" if top1 is not None else ""),
+                 fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -32,6 +32,8 @@ SMOKE: dict[str, dict] = {
     "06_reconstruct_and_explore.py": {"WORLD_PRESET": "smoke", "N_TEST": 6, "NUM_INFERENCE_STEPS": 3, "N_SHOW": 3,
                                       "N_SWAP": 2, "ALPHAS": [0.0, 1.0]},
     "07_evaluate.py": {"N_IMAGES": 24, "FEATURE_SET": "toy"},
+    "08_neuraldiffuser.py": {"PRESET": "smoke", "N_TEST": 6, "NUM_INFERENCE_STEPS": 4, "KAPPAS": [0.0, 1e-3],
+                             "ETAS": [0.2, 1.0], "N_SHOW": 3},
 }
 
 
@@ -220,3 +222,13 @@ def test_06_reconstruct_and_explore(tmp_path):
     assert m["sweep_alpha_change"]["0"] == 0 and m["sweep_alpha_change"]["1"] > 1e-4
     for fig in m["figures"]:
         assert (tmp_path / "06_reconstruct_and_explore" / fig).is_file()
+
+
+def test_08_neuraldiffuser(tmp_path):
+    m = run_notebook("08_neuraldiffuser.py", tmp_path)
+    assert set(m["decoders"]) >= {"text", "latent"} and m["n_test"] == 6
+    assert all({"error", "mean_baseline", "shuffled_scan"} <= set(v) for v in m["decoders"].values())
+    assert [(r["kappa"], r["eta"]) for r in m["sweep"]] == [(0.0, None), (1e-3, 0.2), (1e-3, 1.0)]
+    assert all(-1 <= r["pixcorr"] <= 1 for r in m["sweep"]) and 0 <= m["retrieval"]["brain_to_image_top1"] <= 1
+    out = tmp_path / "08_neuraldiffuser"
+    assert (out / "kappa_eta_grid.png").is_file() and (out / "decoder_scores.png").is_file()
