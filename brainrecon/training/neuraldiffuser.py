@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
+from ..io import atomic_dir, write_json
+from ..models.index import write_index
 from ..models.neuraldiffuser import (LatentDecoder, MixerDecoder, NeuralDiffuserModel, VoxelEncoder, mixco_loss,
                                      mixco_mix, soft_clip_loss)
 from .stage_run import RunContext
@@ -148,8 +150,7 @@ def _batches(data: NeuralDiffuserData, subjects, batch_size: int, seed: int):
         s = subjects[step % len(subjects)]                    # one subject per batch (voxel counts differ)
         i = torch.as_tensor(rng.integers(0, len(data.voxels[s]), batch_size))
         r = data.rows[s][i]
-        return (data.voxels[s][i], data.text[r], data.latents[r], {k: f[r] for k, f in data.features.items()},
-                torch.tensor(step))
+        return data.voxels[s][i], data.text[r], data.latents[r], {k: f[r] for k, f in data.features.items()}
     return get
 
 
@@ -183,7 +184,7 @@ def _phase(ctx, model, data, subjects, steps, cfg, phase):
     n_mix = int(steps * cfg.mixco_fraction)
 
     def loss_fn(m, batch, step):
-        v, yt, yz, yf, _ = batch
+        v, yt, yz, yf = batch
         return _loss(m, v, subjects[step % len(subjects)], yt, yz, yf, cfg, mixco=step < n_mix)
 
     return ctx.fit(parts, loss_fn, _batches(data, subjects, cfg.batch_size, cfg.seed + len(phase)),
@@ -231,8 +232,6 @@ def train_neuraldiffuser(config: NeuralDiffuserConfig, world=None, backbone=None
     backbone : Backbone, optional
         Else ``config.backbone`` is loaded.
     """
-    from ..sampling import BrainToImagePipeline
-
     cfg = config
     with RunContext(cfg, "neuraldiffuser", world=world) as ctx:
         bb = ctx.backbone(backbone)
@@ -256,9 +255,13 @@ def train_neuraldiffuser(config: NeuralDiffuserConfig, world=None, backbone=None
         lat = train.latents[train.rows[target]]
         model.latent_stats = torch.stack([lat.mean((0, 2, 3)), lat.std((0, 2, 3))]).to(model.latent_stats)
         metrics = _evaluate(model.cpu(), test, target, cfg.n_eval, lat)
-        if ctx.is_main:
-            pipe = BrainToImagePipeline.from_backbone(bb, model.eval().requires_grad_(False))
-            pipe.save_pretrained(ctx.out / "reconstructor")
+        if ctx.is_main:      # a light reconstructor folder: conditioner/ + model_index.json + backbone.json
+            with atomic_dir(ctx.out / "reconstructor") as d:
+                model.eval().save_pretrained(d / "conditioner")
+                write_index(d, model)
+                write_json(d / "backbone.json", {"backbone": ctx.backbone_name or "toy", "method": "neuraldiffuser",
+                                                 "subject": target,
+                                                 "guidance_scale": float(getattr(bb, "guidance_scale", 5.0))})
         ctx.finish({"subject": target, "pretrain_subjects": others, **metrics}, results)
     return Path(cfg.output_dir)
 
