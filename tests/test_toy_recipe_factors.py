@@ -173,15 +173,10 @@ def test_clip_attribute_heads_train_and_are_not_saved(tmp_path):
     from transformers import CLIPTextModelWithProjection
 
     from brainrecon.backbones.toy import make_toy_tokenizer
-    from brainrecon.training.toy_backbones import _train_clip
+    from brainrecon.training.toy_backbones import _load_data, _train_clip
 
-    tok = make_toy_tokenizer()
-    sc = make_scenes(64, image_size=16, seed=4)
-    ids = tok(sc.captions, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-    data = {"captions": sc.captions, "ids": ids, "tokenizer": tok,
-            "images": torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous()}
+    cfg = ToyBackboneConfig.quick().replace(clip_attribute_weight=1.0, clip_steps=30, clip_lr=3e-3)
     torch.manual_seed(0)
-    rec = _train_clip(ToyBackboneConfig.quick().replace(clip_attribute_weight=1.0, clip_steps=30, clip_lr=3e-3),
-                      data, tmp_path)
+    rec = _train_clip(cfg, _load_data(cfg, make_toy_tokenizer()), tmp_path)   # the recipe's own data
     assert rec["attribute_ce_final"] < rec["loss_first"] and rec["loss_final"] < rec["loss_first"]
     CLIPTextModelWithProjection.from_pretrained(tmp_path / "text_encoder", use_safetensors=True)
