@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -102,49 +103,36 @@ def _cache(dataset, bb, layers, batch: int = 64) -> NeuralDiffuserData:
     return NeuralDiffuserData(voxels, rows, torch.cat(text), torch.cat(lat), {k: torch.cat(v) for k, v in feats.items()})
 
 
-class _Decoders(torch.nn.Module):
-    """What one phase trains: the voxel encoder and every decoder."""
-
-    def __init__(self, model: NeuralDiffuserModel):
-        super().__init__()
-        self.voxel_encoder, self.text_decoder = model.voxel_encoder, model.text_decoder
-        self.latent_decoder, self.feature_decoders = model.latent_decoder, model.feature_decoders
-
-
-def _loss(m: _Decoders, v, subject, y_text, y_lat, y_feat, cfg, mixco: bool):
+def _loss(m: NeuralDiffuserModel, v, subject, y_text, y_lat, y_feat, cfg, mixco: bool):
     w, tau = cfg.contrastive_weight, cfg.temperature
     h = m.voxel_encoder(v, subject)
-    logs = {}
 
-    def contrast(dec_or_out, target):
-        if mixco:                                  # Eq. 1 on mixed voxels (a second pass through the parts)
+    def contrast(dec, out, target):
+        """Eq. 1 on mixed voxels (a second pass through the parts) while ``mixco``, else Eq. 2."""
+        if mixco:
             mixed, lam, perm = mixco_mix(v, cfg.mixco_beta)
-            p = dec_or_out(m.voxel_encoder(mixed, subject)).projection
-            return mixco_loss(p, target, lam, perm, tau)
-        return None
+            return mixco_loss(dec(m.voxel_encoder(mixed, subject)).projection, target, lam, perm, tau)
+        return soft_clip_loss(out.projection, target, tau)
 
     out_c = m.text_decoder(h)
     l_c = F.mse_loss(out_c.prediction, y_text)
-    k_c = contrast(m.text_decoder, y_text.flatten(1)) if mixco else soft_clip_loss(out_c.projection, y_text.flatten(1), tau)
+    k_c = contrast(m.text_decoder, out_c, y_text.flatten(1))
     out_z = m.latent_decoder(h)
     g = m.latent_decoder.config.grid_size
     l_z = F.l1_loss(out_z.prediction, y_lat)
     k_z = soft_clip_loss(out_z.projection, F.adaptive_avg_pool2d(y_lat, g).flatten(1), tau)
     loss = l_c + w * k_c + l_z + w * k_z
-    logs.update(text_mse=l_c.detach(), latent_mae=l_z.detach(), contrast_text=k_c.detach())
+    logs = {"text_mse": l_c.detach(), "latent_mae": l_z.detach(), "contrast_text": k_c.detach()}
     for k, dec in m.feature_decoders.items():
         out_g = dec(h)
         y = y_feat[int(k)]
-        k_g = contrast(dec, y.flatten(1)) if mixco else soft_clip_loss(out_g.projection, y.flatten(1), tau)
         l_g = F.mse_loss(out_g.prediction, y)
-        loss = loss + l_g + w * k_g
+        loss = loss + l_g + w * contrast(dec, out_g, y.flatten(1))
         logs[f"feature_mse_{k}"] = l_g.detach()
     return loss, logs
 
 
 def _batches(data: NeuralDiffuserData, subjects, batch_size: int, seed: int):
-    import numpy as np
-
     def get(step):
         rng = np.random.default_rng([int(seed), 11, int(step)])
         s = subjects[step % len(subjects)]                    # one subject per batch (voxel counts differ)
@@ -180,14 +168,13 @@ def _new_model(cfg, bb, voxel_counts: dict) -> NeuralDiffuserModel:
 def _phase(ctx, model, data, subjects, steps, cfg, phase):
     if steps <= 0:
         return None
-    parts = _Decoders(model)
     n_mix = int(steps * cfg.mixco_fraction)
 
     def loss_fn(m, batch, step):
         v, yt, yz, yf = batch
         return _loss(m, v, subjects[step % len(subjects)], yt, yz, yf, cfg, mixco=step < n_mix)
 
-    return ctx.fit(parts, loss_fn, _batches(data, subjects, cfg.batch_size, cfg.seed + len(phase)),
+    return ctx.fit(model, loss_fn, _batches(data, subjects, cfg.batch_size, cfg.seed + len(phase)),
                    cfg.fit_config(steps, cfg.lr, f"NeuralDiffuser {phase}", tag=len(phase)), phase)
 
 
@@ -279,8 +266,6 @@ def plot_decoder_scores(metrics: dict):
     -------
     matplotlib.figure.Figure
     """
-    import numpy as np
-
     from ..figures import Figure
 
     parts = [k for k, v in metrics.items() if isinstance(v, dict) and {"error", "mean_baseline"} <= set(v)]
