@@ -107,6 +107,10 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
                     "caption's main category, colour and place from the mean U-Net context (clip_attribute_weight=1)"),
     "v_attn_all": (dict(attn_levels=(0, 1, 2)), "v_pred", "v_pred with attention on every level"),
     "v_deeper": (dict(layers_per_block=2), "v_pred", "v_pred with two res-blocks per level"),
+    "v_ema": (dict(ema=0.999), "v_pred",
+              "v_pred, judged also through an exponential moving average of its weights (decay 0.999, "
+              "warm-up (1+s)/(10+s)): the same training run, so raw and EMA rows differ in that alone"),
+    "v_ema_lr3e-4": (dict(lr=3e-4), "v_ema", "v_ema at lr 3e-4 instead of 1e-3"),
     "v_one_object": (dict(max_objects=1), "v_pred",
                      "v_pred on a world of one object per scene (training and judged captions; same backgrounds)"),
     "cosine": (dict(schedule="cosine"), "base", "cosine noise schedule"),
@@ -532,6 +536,21 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         m.train()
         return out
 
+    ema_model = None
+    if f["ema"]:
+        import copy
+
+        ema_model = copy.deepcopy(model).requires_grad_(False)
+
+    def ema_update(step, logs):
+        """Polyak average of the weights, with the usual warm-up so early averages are not stuck at init."""
+        if ema_model is None:
+            return
+        d = min(float(f["ema"]), (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema_model.parameters(), model.parameters()):
+                pe.lerp_(p.detach(), 1 - d)
+
     curve, t_fit = [], [time.perf_counter(), time.process_time()]   # CPU time: fair when rungs share the machine
     eval_at = sorted(args.eval_at)
 
@@ -550,20 +569,30 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         train_time = time.perf_counter() - t_fit[0]
         train_cpu = time.process_time() - t_fit[1]
         te0, tc0 = time.perf_counter(), time.process_time()
-        imgs = generate(model, 5.0, args.n_eval)
+        imgs = generate(model, args.guidance, args.n_eval)
         row = {"step": step, "train_wall_s": round(train_time, 1), "train_cpu_s": round(train_cpu, 1), "gs5": score(imgs, args.n_eval),
                "loss_recent": float(np.mean([h["loss"] for h in hist[-100:]])) if hist else None,
                "x0_mse_by_t": x0_error(model)}
+        if ema_model is not None:
+            eimgs = generate(ema_model, args.guidance, args.n_eval)
+            row["ema"] = {"gs5": score(eimgs, args.n_eval), "x0_mse_by_t": x0_error(ema_model)}
         if step == eval_at[-1]:
             row["gs0"] = score(generate(model, 0.0, args.n_eval), args.n_eval)
+            if ema_model is not None:
+                row["ema"]["gs0"] = score(generate(ema_model, 0.0, args.n_eval), args.n_eval)
             o = Path(args.out)                        # the figure sits beside its JSON
             png = o.with_name(f"toy_unet_ladder_{name}.png") if o.stem == "toy_unet_ladder" else o.with_suffix(".png")
-            save_grid(imgs[:24], png, name, step)
+            save_grid(imgs[:24], png, name, step, args.guidance)
+            if ema_model is not None:
+                save_grid(eimgs[:24], png.with_name(png.stem + "_ema.png"), name + " (EMA weights)", step, args.guidance)
         from safetensors.torch import save_file
 
         (Path(args.work) / name).mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(Path(args.work) / name / f"denoiser-{step}.safetensors"))
+        if ema_model is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema_model.state_dict().items()},
+                      str(Path(args.work) / name / f"denoiser-ema-{step}.safetensors"))
         row["eval_wall_s"] = round(time.perf_counter() - te0, 1)
         curve.append(row)
         print(json.dumps({"rung": name, **row}), flush=True)
@@ -587,7 +616,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         from safetensors.torch import load_file
 
         src = Path(args.work) / (name if args.rescore and not f["decoder_noise"] else RUNGS[name][1])
-        steps = sorted(int(c.stem.split("-")[1]) for c in src.glob("denoiser-*.safetensors"))
+        steps = sorted(int(c.stem.split("-")[1]) for c in src.glob("denoiser-[0-9]*.safetensors"))
         eval_at[:] = [s_ for s_ in steps if args.rescore or s_ in eval_at]
         for step in eval_at:
             model.load_state_dict(load_file(str(src / f"denoiser-{step}.safetensors")),
@@ -596,10 +625,10 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         return finish()
     cfg = FitConfig(max_steps=eval_at[-1], lr=f["lr"], warmup_steps=100, lr_schedule="constant", grad_clip=1.0,
                     seed=0, progress=False, weight_decay=0.01, cpu=args.device == "cpu")
-    fit(model, loss_fn, batches, cfg, callbacks=[lambda s, l: hist.append(l), cb])
+    fit(model, loss_fn, batches, cfg, callbacks=[lambda s, l: hist.append(l), ema_update, cb])
     return finish()
 
-def save_grid(imgs, path: Path, name: str, step: int):
+def save_grid(imgs, path: Path, name: str, step: int, guidance: float = 5.0):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -608,7 +637,7 @@ def save_grid(imgs, path: Path, name: str, step: int):
     for a, im in zip(axes.flat, imgs):
         a.imshow(im.permute(1, 2, 0).numpy())
         a.set_axis_off()
-    fig.suptitle(f"{name}, step {step}, guidance 5 (first 24 held-out captions)", fontsize=8)
+    fig.suptitle(f"{name}, step {step}, guidance {guidance:g} (first 24 judged captions)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -680,6 +709,8 @@ def main(argv=None):
                    help="no training: score each rung's saved checkpoints again (keeps the recorded training times)")
     p.add_argument("--vae-steps", type=int, nargs=2, default=list(VAE_STEPS), metavar=("VAE", "DECODER"),
                    help="steps of a rung's own VAE and of its decoder fine-tuning (default %(default)s)")
+    p.add_argument("--guidance", type=float, default=5.0,
+                   help="classifier-free guidance of the judged samples (the 'gs5' rows; default %(default)s)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="where the denoiser trains and samples (the VAE, text encoder cache and judges stay on "
@@ -713,7 +744,7 @@ def main(argv=None):
         judges[Path(j).name] = AttributeClassifier.from_pretrained(j).eval()
     data, te = load_world(args.n_train, args.n_eval, heldout_seed=args.heldout_seed)
     meta = {"platform": platform.platform(), "torch": torch.__version__, "eval_at": args.eval_at,
-            "n_train": args.n_train, "n_eval": args.n_eval, "heldout_seed": args.heldout_seed, "guidance": 5.0, "ddim_steps": 25,
+            "n_train": args.n_train, "n_eval": args.n_eval, "heldout_seed": args.heldout_seed, "guidance": args.guidance, "ddim_steps": 25,
             "judges": list(judges), "device": args.device, "vae_steps": list(VAE_STEPS), "base": {k: (list(v) if isinstance(v, tuple) else v) for k, v in BASE.items()}}
     for name in args.rungs:
         out = Path(args.out)
