@@ -67,9 +67,9 @@ def _controlnet_pipeline(unet, vae, scheduler, conditioning_channels):
 def _objective(model, unet, scheduler, empty):
     from diffusers import DDPMScheduler
 
-    from brainrecon.training.stage_denoise import DenoisingObjective  # the stages' own L_dif + λ·L_sem
+    from brainrecon.training.neuropictor_objective import DenoisingObjective  # the stages' own L_dif + λ·L_sem
 
-    from brainrecon.training.stages import RefineConfig
+    from brainrecon.training.neuropictor import RefineConfig
 
     toy = RefineConfig.default()        # the toy recipe's objective, layout probe and timestep weights included
     return DenoisingObjective(model, unet, DDPMScheduler.from_config(scheduler.config), empty, 0.1, 0.05,

@@ -39,8 +39,8 @@ from brainrecon.data.surface import FlatmapProjector
 from brainrecon.data.toyworld import ToyWorldConfig, make_toyworld
 from brainrecon.io import write_json
 from brainrecon.plotting import save_figure
-from brainrecon.training.stage_plots import plot_rebuilt_flatmaps, plot_stage_losses
-from brainrecon.training.stages import EncoderPretrainConfig, pretrain_encoder
+from brainrecon.training.plots import plot_rebuilt_flatmaps, plot_stage_losses
+from brainrecon.training.neuropictor import EncoderPretrainConfig, pretrain_encoder
 
 out = Path(OUTPUT_DIR)
 preset = getattr(EncoderPretrainConfig, PRESET)

@@ -43,8 +43,8 @@ from pathlib import Path
 from brainrecon.data.toyworld import ToyWorldConfig, make_toyworld
 from brainrecon.io import write_json
 from brainrecon.plotting import save_figure
-from brainrecon.training.stage_plots import plot_denoising_scores, plot_stage_losses
-from brainrecon.training.stages import (EncoderPretrainConfig, MultisubjectConfig, pretrain_encoder,
+from brainrecon.training.plots import plot_denoising_scores, plot_stage_losses
+from brainrecon.training.neuropictor import (EncoderPretrainConfig, MultisubjectConfig, pretrain_encoder,
                                         pretrain_multisubject)
 
 out = Path(OUTPUT_DIR)

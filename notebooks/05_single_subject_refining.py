@@ -44,8 +44,8 @@ from brainrecon.io import write_json
 from brainrecon.metrics import evaluate, metrics_dict, plot_metrics, plot_reconstruction_grid
 from brainrecon.plotting import save_figure
 from brainrecon.sampling import BrainToImagePipeline, make_test_maps, reconstruct
-from brainrecon.training.stage_plots import plot_denoising_scores, plot_stage_losses
-from brainrecon.training.stages import (EncoderPretrainConfig, MultisubjectConfig, RefineConfig,
+from brainrecon.training.plots import plot_denoising_scores, plot_stage_losses
+from brainrecon.training.neuropictor import (EncoderPretrainConfig, MultisubjectConfig, RefineConfig,
                                         pretrain_encoder, pretrain_multisubject, refine_subject)
 
 out = Path(OUTPUT_DIR)

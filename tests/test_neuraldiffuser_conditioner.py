@@ -144,3 +144,38 @@ def test_the_kappa_eta_sweep_scores_every_setting_on_the_same_scans_and_seeds(bb
                                    metrics=("pixcorr",))
     assert torch.equal(again["images"][(0.0, 0.2)], res["images"][(0.0, 0.2)])
     assert not torch.allclose(res["images"][(2e-3, 1.0)], res["images"][(0.0, 0.2)], atol=1e-4)
+
+
+def test_retrieval_embeddings_are_the_deepest_projection_and_the_image_features(bb):
+    from brainrecon.sampling import evaluate_retrieval
+
+    m = make(bb)
+    g = torch.Generator().manual_seed(3)
+    v, imgs = torch.randn(12, N_VOX, generator=g), torch.rand(12, 3, 32, 32, generator=g)
+    brain, image = m.retrieval_embeddings(v, imgs)
+    with torch.no_grad():
+        by_hand = m.feature_decoders["3"](m.voxel_encoder(v, "subj01")).projection
+        feats = bb.encode_image_features(bb.resize(imgs), layers=(3,))[3].flatten(1)
+    torch.testing.assert_close(brain, by_hand)
+    torch.testing.assert_close(image, feats)
+    # the suite's 300-way protocol on 12 pairs: 12-way, one draw = all pairs; equals top-1 by hand
+    r = evaluate_retrieval(pipe_of(bb, m), {"maps": v, "targets": imgs}, n_way=300, n_loops=1, batch_size=5)
+    sim = torch.nn.functional.normalize(brain.double(), dim=1) @ torch.nn.functional.normalize(image.double(), dim=1).T
+    own = sim.diag()
+    assert r["n_way"] == 12 and r["chance"] == pytest.approx(1 / 12) and r["n"] == 12
+    assert r["image_retrieval"] == pytest.approx(float(((sim > own[:, None]).sum(1) == 0).double().mean()))
+    assert r["brain_retrieval"] == pytest.approx(float(((sim > own[None, :]).sum(0) == 0).double().mean()))
+
+
+def test_retrieval_is_refused_without_its_inputs(bb):
+    from brainrecon.sampling import evaluate_retrieval
+
+    m = make(bb)
+    with pytest.raises(InvalidInputError, match="pair up"):
+        m.retrieval_embeddings(torch.randn(3, N_VOX), torch.rand(2, 3, 32, 32))
+    with pytest.raises(InvalidInputError, match="targets"):
+        evaluate_retrieval(pipe_of(bb, m), torch.randn(3, N_VOX))
+    bare = make(bb)
+    bare._backbone.clear()
+    with pytest.raises(InvalidInputError, match="attach a backbone"):
+        bare.retrieval_embeddings(torch.randn(3, N_VOX), torch.rand(3, 3, 32, 32))

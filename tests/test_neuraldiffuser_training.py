@@ -29,6 +29,9 @@ def test_both_phases_train_and_the_reconstructor_loads(run):
     for part in ("text", "latent", "feature_1", "feature_3"):
         assert {"error", "mean_baseline", "shuffled_scan"} <= set(m[part])
     assert 0 <= m["brain_to_image_top1"] <= 1 and m["chance_top1"] == pytest.approx(1 / m["n_test"])
+    r = m["retrieval"]           # the suite's protocol: min(300, N) candidates, both directions
+    assert r["n_way"] == m["n_test"] and r["chance"] == pytest.approx(1 / m["n_test"])
+    assert 0 <= r["image_retrieval"] <= 1 and 0 <= r["brain_retrieval"] <= 1
     pipe = load_reconstructor(run / "reconstructor")
     assert isinstance(pipe.conditioner, NeuralDiffuserModel) and pipe.conditioner.subject == "subj01"
     assert len(pipe.conditioner.latent_stats) == 2 and set(pipe.conditioner.voxel_encoder.subjects) == {

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 
 from brainrecon.errors import CheckpointError, InvalidInputError
 from brainrecon.models import (CalibratedEncoder, HighLevelGuidingNetwork, LowLevelManipulationNetwork,
@@ -318,6 +319,9 @@ def test_semantic_swap_and_round_trip(tiny, tmp_path):
         assert torch.equal(back.predict_noise(tiny.unet, tiny.z, tiny.t, a, control_scale=0.7), ref)
     with pytest.raises(CheckpointError, match="llmn"):
         NeuroPictorModel.from_pretrained(tmp_path / "np" / "encoder")
+    # a diffusers ModelMixin (as MultiControlNetModel): its parts' parameters, device and dtype
+    assert isinstance(back, ModelMixin) and back.dtype == torch.float32 and back.device.type == "cpu"
+    assert back.num_parameters() == sum(getattr(back, n).num_parameters() for n in ("encoder", "hlgn", "llmn"))
 
 
 def test_text_condition_sizes_come_from_the_backbone():

@@ -7,7 +7,7 @@ import torch
 
 from brainrecon.errors import CheckpointError, DataNotFoundError, InvalidInputError
 from brainrecon.models import CalibratedEncoder, NeuroPictorModel
-from brainrecon.training.stages import (EncoderPretrainConfig, MultisubjectConfig, RefineConfig,
+from brainrecon.training.neuropictor import (EncoderPretrainConfig, MultisubjectConfig, RefineConfig,
                                         pretrain_encoder, pretrain_multisubject, refine_subject)
 
 
@@ -86,8 +86,8 @@ def test_stage_i_learns_beats_mean_map_and_round_trips(chain, world):
     enc = CalibratedEncoder.from_pretrained(enc_dir / "encoder")
     assert enc.config.has_decoder and enc.config.image_size == 32       # decoder kept for notebook 03
     # the saved encoder gives back the recorded held-out figures
-    from brainrecon.training.stage_data import cache_stage_data, make_stage_dataset
-    from brainrecon.training.stage_eval import score_encoder
+    from brainrecon.training.cache import cache_stage_data, make_stage_dataset
+    from brainrecon.training.neuropictor_scores import score_encoder
 
     test = cache_stage_data(make_stage_dataset(world, ["subj01", "subj02"], "test", 32, "visual"), progress=False)
     train = cache_stage_data(make_stage_dataset(world, ["subj01", "subj02"], "train", 32, "visual", "each"),
@@ -200,7 +200,7 @@ def test_clear_errors(chain, world, backbone, tmp_path):
 
 
 def test_x0_timestep_weights():
-    from brainrecon.training.stage_denoise import x0_timestep_weights
+    from brainrecon.training.neuropictor_objective import x0_timestep_weights
 
     ab = torch.linspace(0.999, 0.001, 1000)
     assert torch.equal(x0_timestep_weights(ab, None), torch.ones(1000))
@@ -221,7 +221,7 @@ def _objective_parts(chain, world, backbone):
     """A fresh stage-ii model, subj01's cached training rows and the DDPM scheduler."""
     from diffusers import DDPMScheduler
 
-    from brainrecon.training.stage_data import cache_stage_data, make_stage_dataset
+    from brainrecon.training.cache import cache_stage_data, make_stage_dataset
 
     _, pre = chain
     model = NeuroPictorModel.from_pretrained(pre / "model")
@@ -230,7 +230,7 @@ def _objective_parts(chain, world, backbone):
 
 
 def test_layout_probe_learns_and_stays_out_of_the_model(chain, world, backbone, tmp_path):
-    from brainrecon.training.stage_denoise import DenoisingObjective
+    from brainrecon.training.neuropictor_objective import DenoisingObjective
 
     model, data, sched = _objective_parts(chain, world, backbone)
     b = data.batch(torch.arange(16))
@@ -254,7 +254,7 @@ def test_layout_probe_learns_and_stays_out_of_the_model(chain, world, backbone, 
 
 def test_layout_probe_warm_start_is_the_least_squares_read_out(chain, world, backbone):
     """fit_layout_probe sets P to the optimum: no gradient left, below a random probe, refused without P."""
-    from brainrecon.training.stage_denoise import DenoisingObjective
+    from brainrecon.training.neuropictor_objective import DenoisingObjective
 
     model, data, sched = _objective_parts(chain, world, backbone)
     b = data.batch(torch.arange(32))
@@ -284,8 +284,8 @@ def test_shuffled_scan_score_tells_whether_the_llmn_reads_the_scan(chain, world,
     """``noise_mse_shuffled_scan`` equals ``noise_mse`` exactly when F_0 ignores the scan, and not otherwise."""
     from diffusers import DDPMScheduler
 
-    from brainrecon.training.stage_data import cache_stage_data, make_stage_dataset
-    from brainrecon.training.stage_eval import score_denoiser
+    from brainrecon.training.cache import cache_stage_data, make_stage_dataset
+    from brainrecon.training.neuropictor_scores import score_denoiser
 
     _, pre = chain
     assert "noise_mse_shuffled_scan" in read(pre, "metrics.json")

@@ -17,8 +17,8 @@ def test_shipped_llmn_reads_the_scan():
     from brainrecon.backbones import load_backbone
     from brainrecon.data.toyworld import ToyWorldConfig, make_toyworld
     from brainrecon.sampling import load_reconstructor
-    from brainrecon.training.stage_data import cache_stage_data, make_stage_dataset
-    from brainrecon.training.stage_eval import score_denoiser
+    from brainrecon.training.cache import cache_stage_data, make_stage_dataset
+    from brainrecon.training.neuropictor_scores import score_denoiser
 
     pipe, backbone = load_reconstructor(), load_backbone("toy")
     world = make_toyworld(ToyWorldConfig(), progress=False)

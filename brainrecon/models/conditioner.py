@@ -106,3 +106,12 @@ class BrainConditioner:
         """What :meth:`feature_targets`' loss is evaluated on at a step: by default the clean-latent
         estimate ``x̂_0`` (``latents`` is ``x_t``, ``alpha_bar`` its ``ᾱ_t``)."""
         return x0
+
+    def retrieval_embeddings(self, scans: torch.Tensor, images: torch.Tensor) -> tuple:
+        """``(brain, image)`` embeddings ``(N, D)`` in one space, for brain ↔ image retrieval.
+
+        ``scans`` are a batch of :meth:`input_shape`, ``images`` their seen images ``(N, 3, S, S)`` in
+        [0, 1]. Methods without a retrieval space refuse (the default).
+        """
+        raise InvalidInputError(f"{type(self).__name__} has no retrieval embeddings; bidirectional retrieval "
+                                "needs a method with a brain-to-image-embedding decoder (e.g. NeuralDiffuser).")

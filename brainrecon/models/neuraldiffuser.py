@@ -19,7 +19,9 @@ alignment of decoded latents, :func:`align_first_order` (Eq. 6–7).
 Sizes come from the arguments (the backbone's ``L_T, d_T``, latent shape and image-encoder token shape),
 never from SD 1.4's 77 × 768 or 4 × 64 × 64. :class:`NeuralDiffuserModel` puts the parts together as the
 shared pipeline's conditioner (voxels in; ``ĉ``, ``ẑ``, ``ĝ^l`` out; Algorithm 1 through
-``strength``, κ and η). Not here yet: the diffusion prior of Eq. 3 (``α·L_prior``) and the training.
+``strength``, κ and η); like diffusers' ``MultiControlNetModel`` it is a ``ModelMixin`` whose configs
+live in its parts. Its training is :mod:`brainrecon.training.neuraldiffuser`. Not here yet: the
+diffusion prior of Eq. 3 (``α·L_prior``).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
+from ..io import atomic_dir, read_json, write_json
 from .conditioner import BrainConditioner
 
 __all__ = ["NeuralDiffuserModel", "VoxelEncoder", "MixerDecoder", "LatentDecoder", "DecoderOutput", "mixco_mix", "mixco_loss",
@@ -311,7 +314,7 @@ def align_first_order(z_hat: torch.Tensor, train_mean: torch.Tensor, train_std: 
 
 
 # ----------------------------------------------------------------------------- the conditioner
-class NeuralDiffuserModel(BrainConditioner, nn.Module):
+class NeuralDiffuserModel(BrainConditioner, ModelMixin):
     """NeuralDiffuser for one subject as the pipeline's conditioner (§4, Algorithm 1).
 
     A subject's voxels ``(B, d_s)`` are encoded once per call (:meth:`encode_scans`) into the text
@@ -410,12 +413,31 @@ class NeuralDiffuserModel(BrainConditioner, nn.Module):
             return sum(((feats[k].float() - t.detach().float()) ** 2).sum() for k, t in targets.items())
         return loss
 
+    @torch.no_grad()
+    def retrieval_embeddings(self, scans: torch.Tensor, images: torch.Tensor) -> tuple:
+        """Brain and image embeddings of the deepest guided image-encoder layer ``l``: the projection
+        of ``f_g^l`` (trained against the image features by Eq. 1–2) and the flattened hidden states
+        of the seen images at ``l`` (``Backbone.encode_image_features``; the backbone attached)."""
+        if not self.feature_decoders:
+            raise InvalidInputError("this NeuralDiffuserModel has no feature decoders, whose projections are its "
+                                    "retrieval embeddings; train it with feature_layers.")
+        if not self._backbone:
+            raise InvalidInputError("attach a backbone first (model.attach_backbone(bb)): the image side of "
+                                    "retrieval is its image encoder's features.")
+        x = self.prepare_scans(scans, "scans")
+        imgs = torch.as_tensor(images).float()
+        if len(imgs) != len(x):
+            raise InvalidInputError(f"{len(x)} scans but {len(imgs)} images; they must pair up.")
+        bb, k = self._backbone[0], max(int(k) for k in self.feature_decoders)
+        dev = next(self.parameters()).device
+        brain = self.feature_decoders[str(k)](self.voxel_encoder(x.to(dev), self.subject)).projection
+        image = bb.encode_image_features(bb.resize(imgs.to(bb.device)), layers=(k,))[k].flatten(1)
+        return brain.float().cpu(), image.float().cpu()
+
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory) -> Path:
         """Write ``voxel_encoder/``, ``text_decoder/``, ``latent_decoder/``, ``feature_decoder_<l>/`` and
         ``neuraldiffuser.json`` (subject, layers, latent statistics) atomically; return the folder."""
-        from ..io import atomic_dir, write_json
-
         save_directory = Path(save_directory)
         with atomic_dir(save_directory) as tmp:
             for name in ("voxel_encoder", "text_decoder", "latent_decoder"):
@@ -432,8 +454,6 @@ class NeuralDiffuserModel(BrainConditioner, nn.Module):
     @classmethod
     def from_pretrained(cls, directory, **kwargs) -> "NeuralDiffuserModel":
         """Load a folder written by :meth:`save_pretrained` (``kwargs`` go to each part's loader)."""
-        from ..io import read_json
-
         directory = Path(directory)
         need = [directory / "neuraldiffuser.json"] + [directory / n / "config.json"
                                                       for n in ("voxel_encoder", "text_decoder", "latent_decoder")]

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
-from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
+from ..io import atomic_dir
 from .conditioner import BrainConditioner
 from .fmri_encoder import CalibratedEncoder
 from .hlgn import HighLevelGuidingNetwork, semantic_loss
@@ -61,7 +62,7 @@ class NeuroPictorOutput(BaseOutput):
     fmri_tokens: torch.Tensor
 
 
-class NeuroPictorModel(BrainConditioner, nn.Module):
+class NeuroPictorModel(BrainConditioner, ModelMixin):
     """Calibrated encoder, High-Level Guiding Network and Low-Level Manipulation Network.
 
     Parameters
@@ -72,7 +73,9 @@ class NeuroPictorModel(BrainConditioner, nn.Module):
     llmn : LowLevelManipulationNetwork
 
     Build a fresh one around a backbone with :meth:`from_backbone`; save and load with
-    :meth:`save_pretrained` / :meth:`from_pretrained` (one diffusers sub-folder per part).
+    :meth:`save_pretrained` / :meth:`from_pretrained` (one diffusers sub-folder per part). Like
+    diffusers' ``MultiControlNetModel`` it is a ``ModelMixin`` (``.device``, ``.dtype``,
+    ``num_parameters()``) whose configs live in its parts, each a ``ModelMixin``/``ConfigMixin``.
     """
 
     def __init__(self, encoder: CalibratedEncoder, hlgn: HighLevelGuidingNetwork,
@@ -163,8 +166,6 @@ class NeuroPictorModel(BrainConditioner, nn.Module):
 
     def save_pretrained(self, save_directory) -> Path:
         """Write ``encoder/``, ``hlgn/``, ``llmn/`` (diffusers folders) atomically; return the folder."""
-        from ..io import atomic_dir
-
         save_directory = Path(save_directory)
         with atomic_dir(save_directory) as tmp:
             for name in PARTS:

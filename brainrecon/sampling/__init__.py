@@ -14,7 +14,7 @@ _EXPORTS = {
     "load_reconstructor_folder": "folders", "reconstructor_info": "folders",
     "reconstruct": "explore", "sweep_control_scale": "explore", "swap_grid": "explore",
     "evaluate_reconstructor": "explore", "make_test_maps": "explore", "plot_control_sweep": "explore",
-    "plot_swap_grid": "explore", "sweep_feature_guidance": "explore",
+    "plot_swap_grid": "explore", "sweep_feature_guidance": "explore", "evaluate_retrieval": "explore",
     "write_demo_report": "demo", "make_demo_world": "demo", "demo_world_config": "demo",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ..metrics import evaluate
 
 __all__ = ["make_test_maps", "reconstruct", "sweep_control_scale", "plot_control_sweep", "swap_grid",
-           "plot_swap_grid", "evaluate_reconstructor"]
+           "plot_swap_grid", "evaluate_reconstructor", "evaluate_retrieval"]
 
 
 def _generators(seed: int, indices) -> list:
@@ -173,6 +174,56 @@ def sweep_feature_guidance(pipe, data, targets, kappas=(0.0, 1e-4, 1e-3, 1e-2), 
             scores = metrics_dict(evaluate(imgs, targets, metrics=list(metrics), feature_set=feature_set))
             rows.append({"kappa": float(k), "eta": float(e) if float(k) > 0 else None, **scores})
     return {"rows": rows, "images": images}
+
+
+def evaluate_retrieval(pipe, data, targets=None, n_way: int = 300, n_loops: int = 30, batch_size: int = 64,
+                       confidence: float = 0.95) -> dict:
+    """Brain → image and image → brain retrieval among ``n_way`` candidates (the field's 300-way protocol).
+
+    The conditioner's :meth:`~brainrecon.models.BrainConditioner.retrieval_embeddings` gives brain and
+    image embeddings in one space (NeuralDiffuser: its deepest feature decoder's projection and the
+    image encoder's features); :func:`brainrecon.metrics.evaluate` scores them as MindEye does
+    (``n_loops`` draws of ``min(n_way, N)`` pairs, seed 42, top-1 in both directions).
+
+    Parameters
+    ----------
+    pipe : BrainToImagePipeline
+        A reconstructor whose conditioner has retrieval embeddings (its backbone attached).
+    data : dict from :func:`make_test_maps`, or array of scans ``(N, ...)``
+    targets : array ``(N, 3, S, S)``, optional
+        The seen images (default ``data["targets"]``).
+    n_way, n_loops, confidence
+        Passed to :func:`brainrecon.metrics.evaluate` as ``retrieval_n_way``, ``retrieval_loops``.
+    batch_size : int
+        Scans per embedding call.
+
+    Returns
+    -------
+    dict
+        ``image_retrieval`` (brain → image top-1), ``brain_retrieval`` (image → brain top-1), their
+        ``…_ci`` intervals, ``n_way`` (candidates actually used), ``chance`` (``1 / n_way``), ``n``;
+        and ``table`` (the suite's rows).
+    """
+    scans, _, _ = _maps_of(data)
+    if targets is None:
+        if not isinstance(data, dict) or "targets" not in data:
+            raise InvalidInputError("pass the seen images as targets (or a make_test_maps dict holding them).")
+        targets = data["targets"]
+    targets = torch.as_tensor(targets).float()
+    if len(targets) != len(scans):
+        raise InvalidInputError(f"{len(scans)} scans but {len(targets)} target images; they must pair up.")
+    parts = [pipe.conditioner.retrieval_embeddings(scans[i:i + batch_size], targets[i:i + batch_size])
+             for i in range(0, len(scans), batch_size)]
+    brain = torch.cat([b for b, _ in parts]).numpy()
+    image = torch.cat([v for _, v in parts]).numpy()
+    table = evaluate(targets, targets, metrics=["retrieval"], brain_embeddings=brain, image_embeddings=image,
+                     retrieval_n_way=n_way, retrieval_loops=n_loops, confidence=confidence)
+    row = {r.metric: r for r in table.itertuples()}
+    fwd, bwd = row["retrieval_fwd"], row["retrieval_bwd"]
+    return {"image_retrieval": float(fwd.value), "image_retrieval_ci": [float(fwd.ci_low), float(fwd.ci_high)],
+            "brain_retrieval": float(bwd.value), "brain_retrieval_ci": [float(bwd.ci_low), float(bwd.ci_high)],
+            "n_way": int(round(1 / float(fwd.chance))), "chance": float(fwd.chance), "n": int(len(scans)),
+            "table": table}
 
 
 def plot_control_sweep(sweep: dict, targets, titles=None):

@@ -1,4 +1,4 @@
-"""Training: one generic accelerate loop (:func:`fit`) that every stage reuses, and NeuroPictor's stages.
+"""Training: one accelerate loop (:func:`fit`), one run context (:mod:`.run`) and cache (:mod:`.cache`), one module per method.
 
 The stage functions and configs load lazily::
 
@@ -8,8 +8,8 @@ from .._lazy import lazy_exports
 from .loop import FitConfig, FitResult, fit, latest_checkpoint
 
 _LAZY = {
-    "EncoderPretrainConfig": "stages", "MultisubjectConfig": "stages", "RefineConfig": "stages",
-    "pretrain_encoder": "stages", "pretrain_multisubject": "stages", "refine_subject": "stages",
+    "EncoderPretrainConfig": "neuropictor", "MultisubjectConfig": "neuropictor", "RefineConfig": "neuropictor",
+    "pretrain_encoder": "neuropictor", "pretrain_multisubject": "neuropictor", "refine_subject": "neuropictor",
     "train_toy_reconstructor": "toy_recipe", "train_toy_backbones": "toy_backbones",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _LAZY, eager=["FitConfig", "FitResult", "fit",

@@ -19,7 +19,7 @@ scans, since voxel counts differ):
 Phase ``pretrain`` uses every subject but ``subject`` (leave-the-target-out); phase ``finetune`` adds
 ``subject``'s voxel encoder and trains it with the shared decoders on that subject's scans. Each
 phase checkpoints under ``OUT/checkpoints/<phase>`` and resumes after a kill
-(:class:`~brainrecon.training.stage_run.RunContext`, :func:`~brainrecon.training.fit`; ``accelerate
+(:class:`~brainrecon.training.run.RunContext`, :func:`~brainrecon.training.fit`; ``accelerate
 launch`` runs it on several processes). The finished folder holds ``reconstructor/`` (the
 pipeline, light: the backbone comes from ``backbone.json``), the run records, and ``metrics.json``
 with held-out figures against the mean and shuffled-scan baselines and two-way / top-1 retrieval.
@@ -34,18 +34,20 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidInputError
+from ..figures import Figure
 from ..io import atomic_dir, write_json
+from ..metrics.retrieval import retrieval
 from ..models.index import write_index
 from ..models.neuraldiffuser import (LatentDecoder, MixerDecoder, NeuralDiffuserModel, VoxelEncoder, mixco_loss,
                                      mixco_mix, soft_clip_loss)
-from .stage_run import RunContext
-from .stages import _Common
+from .cache import StageData, cache_stage_data
+from .run import RunConfig, RunContext
 
-__all__ = ["NeuralDiffuserConfig", "train_neuraldiffuser", "NeuralDiffuserData", "plot_decoder_scores"]
+__all__ = ["NeuralDiffuserConfig", "train_neuraldiffuser", "plot_decoder_scores"]
 
 
 @dataclass(frozen=True)
-class NeuralDiffuserConfig(_Common):
+class NeuralDiffuserConfig(RunConfig):
     """Settings of :func:`train_neuraldiffuser` (``steps``: the fine-tuning phase's steps)."""
 
     subject: str = "subj01"
@@ -71,36 +73,6 @@ class NeuralDiffuserConfig(_Common):
                   n_eval=30, progress=False)
     _DEFAULT = dict(steps=800, pretrain_steps=1500, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=200,
                     n_eval=300)
-
-
-@dataclass(eq=False)
-class NeuralDiffuserData:
-    """One split's cached tensors: per subject its voxels and row indices into the targets."""
-
-    voxels: dict          # subject -> (N_s, V_s)
-    rows: dict            # subject -> (N_s,) long, rows of the targets below
-    text: torch.Tensor    # (N, L_T, d_T)
-    latents: torch.Tensor  # (N, c, h, w)
-    features: dict        # layer -> (N, tokens, width)
-
-
-@torch.no_grad()
-def _cache(dataset, bb, layers, batch: int = 64) -> NeuralDiffuserData:
-    voxels, rows, text, lat, feats = {}, {}, [], [], {int(k): [] for k in layers}
-    items = [dataset[i] for i in range(len(dataset))]
-    for s, name in enumerate(dataset.subjects):
-        idx = [i for i, it in enumerate(items) if it["subject"] == s]
-        voxels[name] = torch.stack([items[i]["brain"] for i in idx]).float()
-        rows[name] = torch.as_tensor(idx, dtype=torch.long)
-    for i in range(0, len(items), batch):
-        chunk = items[i:i + batch]
-        imgs = bb.resize(torch.stack([it["image"] for it in chunk]).to(bb.device))
-        text.append(bb.encode_text([it["caption"] for it in chunk]).float().cpu())
-        lat.append(bb.encode_latents(imgs).float().cpu())
-        f = bb.encode_image_features(imgs, layers=tuple(feats))
-        for k in feats:
-            feats[k].append(f[k].float().cpu())
-    return NeuralDiffuserData(voxels, rows, torch.cat(text), torch.cat(lat), {k: torch.cat(v) for k, v in feats.items()})
 
 
 def _loss(m: NeuralDiffuserModel, v, subject, y_text, y_lat, y_feat, cfg, mixco: bool):
@@ -132,13 +104,16 @@ def _loss(m: NeuralDiffuserModel, v, subject, y_text, y_lat, y_feat, cfg, mixco:
     return loss, logs
 
 
-def _batches(data: NeuralDiffuserData, subjects, batch_size: int, seed: int):
+def _batches(data: StageData, subjects, batch_size: int, seed: int):
+    rows = {s: data.rows(s) for s in subjects}
+
     def get(step):
         rng = np.random.default_rng([int(seed), 11, int(step)])
         s = subjects[step % len(subjects)]                    # one subject per batch (voxel counts differ)
         i = torch.as_tensor(rng.integers(0, len(data.voxels[s]), batch_size))
-        r = data.rows[s][i]
-        return data.voxels[s][i], data.text[r], data.latents[r], {k: f[r] for k, f in data.features.items()}
+        r = rows[s][i]
+        return (data.voxels[s][i].float(), data.text(r).float(), data.latents[r].float(),
+                {k: f[r].float() for k, f in (data.features or {}).items()})
     return get
 
 
@@ -179,14 +154,14 @@ def _phase(ctx, model, data, subjects, steps, cfg, phase):
 
 
 @torch.no_grad()
-def _evaluate(model, data: NeuralDiffuserData, subject: str, n: int, train_latents: torch.Tensor) -> dict:
+def _evaluate(model, data: StageData, subject: str, n: int, train_latents: torch.Tensor) -> dict:
     """Held-out figures of one subject: each decoder against the mean and shuffled-scan baselines, retrieval."""
     model.eval()
-    v, r = data.voxels[subject][:n], data.rows[subject][:n]
+    v, r = data.voxels[subject][:n].float(), data.rows(subject)[:n]
     st = model.encode_scans(v)
     out = {"n_test": int(len(v))}
     perm = torch.roll(torch.arange(len(v)), len(v) // 2)
-    pairs = [("text", st["text_condition"], data.text[r], F.mse_loss),
+    pairs = [("text", st["text_condition"], data.text(r), F.mse_loss),
              ("latent", st["init_latents"], data.latents[r], F.l1_loss)]
     pairs += [(f"feature_{k}", st["features"][k], data.features[k][r], F.mse_loss) for k in st["features"]]
     for name, pred, y, fn in pairs:
@@ -205,6 +180,13 @@ def _evaluate(model, data: NeuralDiffuserData, subject: str, n: int, train_laten
         out["image_to_brain_top1"] = float((sim.argmax(0) == idx).float().mean())
         out["two_way"] = float((sim.diag()[:, None] > sim).float().sum() / (len(sim) * (len(sim) - 1)))
         out["chance_top1"] = 1 / len(sim)
+        # the field's protocol (MindEye; the evaluation suite's): the deepest decoder's contrastive
+        # projection against the image features, 30 draws of min(300, N) candidates, both directions
+        brain = model.feature_decoders[str(k)](model.voxel_encoder(v, subject)).projection
+        rr = retrieval(brain.numpy(), data.features[k][r].float().flatten(1).numpy(), 300, 30)
+        out["retrieval"] = {"image_retrieval": rr["fwd"], "brain_retrieval": rr["bwd"], "n_way": rr["n_way"],
+                            "chance": rr["chance"], "image_retrieval_ci": list(rr["fwd_ci"]),
+                            "brain_retrieval_ci": list(rr["bwd_ci"])}
     return out
 
 
@@ -226,8 +208,9 @@ def train_neuraldiffuser(config: NeuralDiffuserConfig, world=None, backbone=None
         no_pretraining = cfg.pretrain_subjects is not None and len(cfg.pretrain_subjects) == 0
         others = [] if no_pretraining else ctx.subjects(cfg.pretrain_subjects, (target,))
         layers = tuple(int(k) for k in cfg.feature_layers)
-        train = _cache(ctx.voxel_dataset([*others, target], "train"), bb, layers)
-        test = _cache(ctx.voxel_dataset([target], "test"), bb, layers)
+        train = cache_stage_data(ctx.voxel_dataset([*others, target], "train"), bb, progress=False,
+                                 feature_layers=layers)
+        test = cache_stage_data(ctx.voxel_dataset([target], "test"), bb, progress=False, feature_layers=layers)
         counts = {s: int(train.voxels[s].shape[1]) for s in [*others, target]}
         model = _new_model(cfg, bb, {s: counts[s] for s in (others or [target])})
         results = {}
@@ -239,7 +222,7 @@ def train_neuraldiffuser(config: NeuralDiffuserConfig, world=None, backbone=None
             model.voxel_encoder.add_subject(target, counts[target])
         model.subject = target
         results["finetune"] = _phase(ctx, model, train, [target], cfg.steps, cfg, "finetune")
-        lat = train.latents[train.rows[target]]
+        lat = train.latents[train.rows(target)]
         model.latent_stats = torch.stack([lat.mean((0, 2, 3)), lat.std((0, 2, 3))]).to(model.latent_stats)
         metrics = _evaluate(model.cpu(), test, target, cfg.n_eval, lat)
         if ctx.is_main:      # a light reconstructor folder: conditioner/ + model_index.json + backbone.json
@@ -266,8 +249,6 @@ def plot_decoder_scores(metrics: dict):
     -------
     matplotlib.figure.Figure
     """
-    from ..figures import Figure
-
     parts = [k for k, v in metrics.items() if isinstance(v, dict) and {"error", "mean_baseline"} <= set(v)]
     if not parts:
         raise InvalidInputError("no decoder figures (entries with 'error' and 'mean_baseline') in these metrics.")

@@ -22,14 +22,14 @@ from that folder::
 The toy presets (``.default()``, ``.smoke()``) add two terms to stages ii–iii that the paper does
 not have, ``layout_weight`` (a training-only probe reads ``z_0`` from the LLMN's ``F_0``) and
 ``x0_weight_max`` (ε-errors weighted towards high noise); without them the toy LLMN learns a
-correction that ignores the scan (:mod:`~brainrecon.training.stage_denoise`). For the paper's
+correction that ignores the scan (:mod:`~brainrecon.training.neuropictor_objective`). For the paper's
 objective pass ``layout_weight=0, x0_weight_max=None``.
 
 Everything runs through :func:`~brainrecon.training.fit` (accelerate: CPU, one GPU, or
 ``accelerate launch`` on several; bf16 on GPUs by default), checkpoints under
 ``OUT/checkpoints/`` and resumes exactly after a kill: call the stage again with the same
 config. The frozen computations (flatmaps, VAE latents, caption features, the empty-caption
-embedding) run once per call (:mod:`brainrecon.training.stage_data`). Shapes come from the
+embedding) run once per call (:mod:`brainrecon.training.cache`). Shapes come from the
 backbone and the maps, never from constants, so the same code trains on NSD
 (``world=<NSD root>``, ``backbone=<SD folder>``).
 """
@@ -40,13 +40,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InvalidInputError, check_choice
+from ..errors import InvalidInputError
 from ..io import atomic_dir
-from . import stage_data as sd
-from .loop import FitConfig
-from .stage_denoise import train_denoiser
-from .stage_eval import score_encoder
-from .stage_run import RunContext, read_stage_config
+from . import cache as sd
+from .neuropictor_objective import train_denoiser
+from .neuropictor_scores import score_encoder
+from .run import RunConfig, RunContext, read_stage_config
 
 __all__ = ["EncoderPretrainConfig", "MultisubjectConfig", "RefineConfig", "pretrain_encoder",
            "pretrain_multisubject", "refine_subject", "ENCODER_FILES", "MODEL_FILES"]
@@ -58,53 +57,7 @@ MODEL_FILES = ("config.json", "model/encoder/config.json", "model/hlgn/config.js
 
 
 @dataclass(frozen=True)
-class _Common:
-    output_dir: str = "runs/neuropictor"
-    world: str = "toy"               # "toy", or an NSD root folder (fsaverage betas)
-    toy_preset: str = "default"      # toy world size: "default" or "smoke"
-    backbone: str = "toy"            # "toy" or a local Stable Diffusion folder
-    seed: int = 0
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 50
-    checkpoint_every: int = 200
-    mixed_precision: str = "auto"    # "auto" (bf16 on a GPU, else no), "no", "fp16", "bf16"
-    cpu: bool | None = None
-    threads: int | None = None       # torch.set_num_threads during the stage (None: leave)
-    n_eval: int = 200                # held-out rows scored into metrics.json
-    nsd_sessions: int | None = None
-    progress: bool = True
-
-    def precision(self) -> str:
-        """The mixed-precision mode actually used."""
-        if self.mixed_precision != "auto":
-            check_choice("mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
-            return self.mixed_precision
-        gpu = torch.cuda.is_available() and not self.cpu
-        return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
-
-    def fit_config(self, steps: int, lr: float, desc: str, tag: int = 0) -> FitConfig:
-        return FitConfig(max_steps=int(steps), lr=float(lr), weight_decay=self.weight_decay,
-                         warmup_steps=min(self.warmup_steps, max(0, int(steps) // 10)),
-                         checkpoint_every=self.checkpoint_every, cpu=self.cpu,
-                         mixed_precision=self.precision(), seed=self.seed * 7 + tag,
-                         progress=self.progress, desc=desc)
-
-    @classmethod
-    def smoke(cls, **overrides):
-        """Seconds-sized run for tests and CI (smoke toy world, tiny steps)."""
-        return cls(**{**cls._SMOKE, **overrides})
-
-    @classmethod
-    def default(cls, **overrides):
-        """The shipped toy recipe (stages i–iii ≈ 22 min on one CPU thread; data_cards/neuropictor_toy.md)."""
-        return cls(**{**cls._DEFAULT, **overrides})
-
-
-@dataclass(frozen=True)
-class EncoderPretrainConfig(_Common):
+class EncoderPretrainConfig(RunConfig):
     """Stage i settings: calibrated encoding (NeuroPictor §3.1).
 
     Flatmap: ``resolution`` × ``resolution`` pixels, ``crop`` (``"visual"``: NeuroPictor's
@@ -142,7 +95,7 @@ class EncoderPretrainConfig(_Common):
 
 
 @dataclass(frozen=True)
-class _DenoiseCommon(_Common):
+class _DenoiseCommon(RunConfig):
     encoder_dir: str | None = None   # stage-i folder; None: a fresh (Xavier-initialised) encoder
     resolution: int | None = None    # None: the stage-i encoder's map size
     crop: str | None = "inherit"     # "inherit": the stage-i crop

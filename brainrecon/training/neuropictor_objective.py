@@ -3,7 +3,7 @@
 :func:`train_denoiser` runs the main phase (``L_dif + λ·L_sem``) and then the classifier-free-guidance
 phase, in which ``cfg_drop`` of the semantic conditions are replaced by the empty caption's embedding
 (NeuroPictor §4.1), each a resumable :func:`~brainrecon.training.fit` call, and scores the result on
-held-out scans (:func:`~brainrecon.training.stage_eval.score_denoiser`).
+held-out scans (:func:`~brainrecon.training.neuropictor_scores.score_denoiser`).
 
 Two optional terms, off in the paper's setting and on in the toy presets, help the LLMN learn to
 read the scan in a few thousand CPU steps instead of the official ~10⁵ GPU steps
@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import stage_data as sd
-from .stage_eval import score_denoiser
+from . import cache as sd
+from .neuropictor_scores import score_denoiser
 
 __all__ = ["DenoisingObjective", "train_denoiser", "x0_timestep_weights", "PROBE_FIT_ROWS"]
 

@@ -32,7 +32,7 @@ def plot_rebuilt_flatmaps(stage_dir, maps, n: int = 4, titles=None):
     Parameters
     ----------
     stage_dir : path-like
-        A :func:`~brainrecon.training.stages.pretrain_encoder` folder (decoder kept).
+        A :func:`~brainrecon.training.neuropictor.pretrain_encoder` folder (decoder kept).
     maps : Tensor or array ``(N, 1, H, W)``
         Held-out flatmaps made with the stage's projector settings (``config.json``).
     n : int

@@ -1,4 +1,6 @@
-"""Bookkeeping shared by the NeuroPictor stages: inputs, device, checkpoints and run records.
+"""Bookkeeping shared by every method's training runs: settings, inputs, device, checkpoints, records.
+
+:class:`RunConfig` holds the settings every method's frozen config shares.
 
 :class:`RunContext` is entered once per stage call. It creates the output folder, sets torch's
 thread count for the stage, builds the data source (toy world or NSD) and the backbone, runs
@@ -15,17 +17,75 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, InvalidInputError
+from ..errors import CheckpointError, InvalidInputError, check_choice
 from ..io import write_json
-from . import stage_data as sd
-from .loop import fit
+from . import cache as sd
+from .loop import FitConfig, fit
 
-__all__ = ["RunContext", "read_stage_config", "package_versions", "loss_summary"]
+__all__ = ["RunConfig", "RunContext", "read_stage_config", "package_versions", "loss_summary"]
+
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings every method's training run shares (each method's config adds its own fields).
+
+    ``output_dir``, ``world`` ("toy" or an NSD root), ``toy_preset``, ``backbone`` ("toy" or a local
+    Stable Diffusion folder), ``seed``, optimiser settings (``steps``, ``batch_size``, ``lr``,
+    ``weight_decay``, ``warmup_steps``), ``checkpoint_every``, ``mixed_precision`` ("auto": bf16 on a
+    GPU, else none), ``cpu``, ``threads``, ``n_eval`` (held-out rows scored into ``metrics.json``),
+    ``nsd_sessions``, ``toy_n_test`` (the toy world's shared test images; None: the preset's) and ``progress``. Subclasses set ``_SMOKE`` and ``_DEFAULT`` for
+    :meth:`smoke` and :meth:`default`.
+    """
+
+    output_dir: str = "runs/neuropictor"
+    world: str = "toy"               # "toy", or an NSD root folder (fsaverage betas)
+    toy_preset: str = "default"      # toy world size: "default" or "smoke"
+    backbone: str = "toy"            # "toy" or a local Stable Diffusion folder
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    checkpoint_every: int = 200
+    mixed_precision: str = "auto"    # "auto" (bf16 on a GPU, else no), "no", "fp16", "bf16"
+    cpu: bool | None = None
+    threads: int | None = None       # torch.set_num_threads during the stage (None: leave)
+    n_eval: int = 200                # held-out rows scored into metrics.json
+    nsd_sessions: int | None = None
+    toy_n_test: int | None = None    # toy world: shared test images (None: the preset's; 300 for 300-way retrieval)
+    progress: bool = True
+
+    def precision(self) -> str:
+        """The mixed-precision mode actually used."""
+        if self.mixed_precision != "auto":
+            check_choice("mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
+            return self.mixed_precision
+        gpu = torch.cuda.is_available() and not self.cpu
+        return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+
+    def fit_config(self, steps: int, lr: float, desc: str, tag: int = 0) -> FitConfig:
+        return FitConfig(max_steps=int(steps), lr=float(lr), weight_decay=self.weight_decay,
+                         warmup_steps=min(self.warmup_steps, max(0, int(steps) // 10)),
+                         checkpoint_every=self.checkpoint_every, cpu=self.cpu,
+                         mixed_precision=self.precision(), seed=self.seed * 7 + tag,
+                         progress=self.progress, desc=desc)
+
+    @classmethod
+    def smoke(cls, **overrides):
+        """Seconds-sized run for tests and CI (smoke toy world, tiny steps)."""
+        return cls(**{**cls._SMOKE, **overrides})
+
+    @classmethod
+    def default(cls, **overrides):
+        """The shipped toy recipe of this method (its data card gives the time it takes)."""
+        return cls(**{**cls._DEFAULT, **overrides})
 
 
 def package_versions() -> dict:
@@ -90,7 +150,7 @@ class RunContext:
         else:
             wanted = getattr(cfg, "subjects", None) or ([cfg.subject] if hasattr(cfg, "subject") else None)
             self.kind, self.source = sd.load_stage_world(cfg.world, cfg.toy_preset, cfg.seed, wanted,
-                                                         cfg.nsd_sessions)
+                                                         cfg.nsd_sessions, getattr(cfg, "toy_n_test", None))
         self.out.mkdir(parents=True, exist_ok=True)
         self.backbone_name = None
         return self

@@ -14,7 +14,7 @@ h     ``iii_<heldout>_<p>pct``        the held-out subject refined from ii on ``
 hs    ``iii_<heldout>_<p>pct_scratch`` the same from scratch
 ====  ==============================  =====================================================
 
-Each run is a stage folder (:mod:`brainrecon.training.stages`); a finished one (``run.json``
+Each run is a stage folder (:mod:`brainrecon.training.neuropictor`); a finished one (``run.json``
 present) is skipped and an interrupted one resumes from its checkpoints, so rerunning the same
 call after a kill continues. ``recipe.json`` collects wall times, losses and held-out figures.
 ``ship_to`` copies the refined reconstructor (``model/`` + ``backbone.json`` and the records,
@@ -32,7 +32,7 @@ import torch
 
 from ..errors import InvalidInputError, check_choice, check_range
 from ..io import atomic_dir, check_output_dir, write_json
-from .stages import (EncoderPretrainConfig, MultisubjectConfig, RefineConfig, pretrain_encoder,
+from .neuropictor import (EncoderPretrainConfig, MultisubjectConfig, RefineConfig, pretrain_encoder,
                      pretrain_multisubject, refine_subject)
 
 __all__ = ["train_toy_reconstructor", "ship_reconstructor", "SHIP_FILES", "MAX_SHIP_BYTES"]
