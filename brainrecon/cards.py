@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import InvalidInputError
+
 __all__ = ["card_dir", "list_cards", "read_card"]
 
 
@@ -28,8 +30,6 @@ def read_card(name: str) -> str:
     InvalidInputError
         If no such card exists; the message lists the cards there are.
     """
-    from .errors import InvalidInputError
-
     path = card_dir() / f"{Path(name).stem}.md"
     if not path.is_file():
         raise InvalidInputError(f"No data card named {name!r} in {card_dir()}; "

@@ -32,6 +32,7 @@ import inspect
 from typing import Callable
 
 import torch
+from diffusers import DDIMScheduler
 
 from .errors import InvalidInputError
 
@@ -42,8 +43,6 @@ __all__ = ["denoise_latents", "prepare_scheduler", "combine_guidance", "img2img_
 def prepare_scheduler(scheduler, num_inference_steps: int, device=None):
     """Set ``num_inference_steps`` timesteps on ``scheduler`` (a DDIM copy if it cannot) and return it."""
     if not hasattr(scheduler, "set_timesteps"):
-        from diffusers import DDIMScheduler
-
         scheduler = DDIMScheduler.from_config(scheduler.config)
     scheduler.set_timesteps(int(num_inference_steps), device=device)
     return scheduler

@@ -7,6 +7,7 @@ callers can catch them together, and from the matching builtin (``FileNotFoundEr
 from __future__ import annotations
 
 import contextlib
+import numbers
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -130,8 +131,6 @@ def check_range(name: str, value, low=None, high=None, kind=int):
     ------
     InvalidInputError
     """
-    import numbers
-
     ok = isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
     if ok and kind is float and value != value:          # NaN
         ok = False

@@ -23,9 +23,13 @@ from __future__ import annotations
 import ipywidgets as W
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
 
+from .data.surface import plot_flatmap
 from .errors import InvalidInputError
 from .figures import Figure, figure_to_png
+from .sampling import load_reconstructor, make_test_maps
+from .sampling.demo import make_demo_world
 
 __all__ = ["ExplorerView", "view_explorer"]
 
@@ -111,8 +115,6 @@ class ExplorerView(W.VBox):
 
     def test_data(self, method: str, subject: str) -> dict:
         """:func:`brainrecon.sampling.make_test_maps` of that reconstructor (cached)."""
-        from .sampling import make_test_maps
-
         key = (method, subject)
         if key not in self._data:
             self._data[key] = make_test_maps(self.reconstructors[key], self.world, subject, self.n_test)
@@ -158,8 +160,6 @@ class ExplorerView(W.VBox):
 
     def draw(self):
         """Redraw the main panel and the methods row for the current controls; return the main figure."""
-        from .data.surface import plot_flatmap
-
         method, subject, i = self.method.value, self.subject.value, int(self.scan.value)
         data = self.test_data(method, subject)
         self.reconstruction = self._reconstruct(method)
@@ -226,11 +226,6 @@ def view_explorer(reconstructors=None, world=None, n_test: int = 12, seed: int =
     -------
     ExplorerView
     """
-    from .sampling import load_reconstructor
-    from .sampling.demo import make_demo_world
-
-    from transformers.utils import logging as hf_logging
-
     if reconstructors is None:
         reconstructors = [None]
     if not isinstance(reconstructors, dict):

@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from safetensors import safe_open
+
 from .errors import CheckpointError, InvalidInputError, reading
 
 __all__ = ["atomic_file", "atomic_dir", "write_json", "read_json", "check_output_dir", "check_safetensors"]
@@ -179,8 +181,6 @@ def check_safetensors(folder, what: str, fix: str) -> list:
         The folder has no safetensors weights (pickled ``.bin``/``.pt`` files are named: brainrecon
         never unpickles), or one of them is truncated or corrupt (named).
     """
-    from safetensors import safe_open
-
     folder = Path(folder)
     files = sorted(folder.glob("*.safetensors"))
     if not files:

@@ -8,9 +8,17 @@ pyplot (so nothing accumulates in long sessions); save it with ``fig.savefig``.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
+
+from .data.scenes import plot_scenes
+from .data.surface import FlatmapProjector, plot_flatmap
+from .data.toyworld import plot_noise_ceiling, plot_subject_vertices
+from .errors import InvalidInputError
+from .figures import Figure
+from .io import atomic_file, write_json
 
 __all__ = ["plot_subject_flatmaps", "write_toyworld_overview", "save_figure"]
 
@@ -37,11 +45,6 @@ def plot_subject_flatmaps(world, projector=None, image: int | None = None, subje
     -------
     matplotlib.figure.Figure
     """
-    from .figures import Figure
-
-    from .data.surface import FlatmapProjector, plot_flatmap
-    from .errors import InvalidInputError
-
     projector = projector or FlatmapProjector(128)
     subjects = list(world.subject_ids) if subjects is None else list(subjects)
     image = int(world.test_images[0]) if image is None else int(image)
@@ -75,15 +78,11 @@ def plot_subject_flatmaps(world, projector=None, image: int | None = None, subje
 
 
 def _wrap(text: str, width: int) -> list[str]:
-    import textwrap
-
     return textwrap.wrap(text, width) or [""]
 
 
 def save_figure(fig, path, dpi: int = 100) -> Path:
     """Save ``fig`` to ``path`` atomically (PNG by extension) and return the path."""
-    from .io import atomic_file
-
     path = Path(path)
     with atomic_file(path, "wb") as f:
         fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
@@ -110,11 +109,6 @@ def write_toyworld_overview(world, out_dir, resolution: int = 128) -> dict:
         The contents of ``overview.json``: sizes, voxel counts, per-area noise ceilings
         (mean over subjects, %), and the figure file names.
     """
-    from .data.scenes import plot_scenes
-    from .data.surface import FlatmapProjector
-    from .data.toyworld import plot_noise_ceiling, plot_subject_vertices
-    from .io import write_json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     test_scenes = world.scenes.subset(world.test_images[:8])

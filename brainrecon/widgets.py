@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import ipywidgets as W
 import numpy as np
+import torch
 
-from .figures import figure_to_png
+from .data.pairs import BrainImageDataset, make_toy_dataset
+from .data.surface import plot_flatmap
+from .errors import InvalidInputError
+from .figures import Figure, figure_to_png
+from .metrics import plot_reconstruction_grid
 
 __all__ = ["FlatmapView", "view_flatmap", "ReconstructionView", "view_reconstruction", "FeatureGuidanceView",
            "view_feature_guidance"]
@@ -33,9 +38,6 @@ class FlatmapView(W.VBox):
     """
 
     def __init__(self, dataset):
-        from .data.pairs import BrainImageDataset
-        from .errors import InvalidInputError
-
         if not isinstance(dataset, BrainImageDataset) or dataset.representation != "flatmap":
             raise InvalidInputError("view_flatmap needs a BrainImageDataset with "
                                     "representation='flatmap' (or a ToyWorld).")
@@ -68,10 +70,6 @@ class FlatmapView(W.VBox):
 
     def draw(self):
         """Redraw the figure for the current controls and return it."""
-        from .figures import Figure
-
-        from .data.surface import plot_flatmap
-
         item = self.dataset[self.index]
         fig = Figure(figsize=(10, 3.4))
         ax_img, ax_map = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 2.6]})
@@ -103,8 +101,6 @@ def view_flatmap(data, split: str = "test", resolution: int = 128) -> FlatmapVie
     -------
     FlatmapView
     """
-    from .data.pairs import BrainImageDataset, make_toy_dataset
-
     if not isinstance(data, BrainImageDataset):
         data = make_toy_dataset(data, split=split, resolution=resolution)
     return FlatmapView(data)
@@ -132,10 +128,6 @@ class ReconstructionView(W.VBox):
 
     def __init__(self, pipe, maps, targets=None, captions=None, n: int = 4, seed: int = 0,
                  num_inference_steps: int | None = None, max_control_scale: float = 2.0):
-        import torch
-
-        from .errors import InvalidInputError
-
         if isinstance(maps, dict):  # make_test_maps(...) output
             targets = maps.get("targets") if targets is None else targets
             captions = maps.get("captions") if captions is None else captions
@@ -170,8 +162,6 @@ class ReconstructionView(W.VBox):
         self.draw()
 
     def _sample(self, maps, index, **kw):
-        import torch
-
         gens = [torch.Generator().manual_seed(self.seed + int(i)) for i in index]
         return self.pipe(maps, control_scale=self.control_scale.value, guidance_scale=self.guidance_scale.value,
                          num_inference_steps=self.steps, generator=gens, **kw).images
@@ -184,8 +174,6 @@ class ReconstructionView(W.VBox):
 
     def draw(self):
         """Resample the grid (and the swap) for the current sliders; return the grid figure."""
-        from .metrics import plot_reconstruction_grid
-
         self.images = self._sample(self.maps[:self.n], range(self.n))
         targets = self.targets[:self.n] if self.targets is not None else self.images * 0
         fig = plot_reconstruction_grid({f"α={self.control_scale.value:g}, CFG={self.guidance_scale.value:g}":
@@ -199,10 +187,6 @@ class ReconstructionView(W.VBox):
 
     def draw_swap(self):
         """Redraw the swap panel for the current pickers; return its figure."""
-        from .figures import Figure
-
-        from .data.surface import plot_flatmap
-
         i, j = self.layout_scan.value, self.semantic_scan.value
         self.swap_image = self._sample(self.maps[i:i + 1], [i], semantic_source=self.maps[j:j + 1])[0]
         fig = Figure(figsize=(10, 2.8))
@@ -274,10 +258,6 @@ class FeatureGuidanceView(W.VBox):
     def __init__(self, pipe, voxels, targets=None, captions=None, n: int = 4, seed: int = 0,
                  num_inference_steps: int | None = None, strength: float = 0.75, kappa: float = 1e-3,
                  kappa_range=(-6, 0), sweep_kappas=None, sweep_etas=(0.2, 0.5, 1.0)):
-        import torch
-
-        from .errors import InvalidInputError
-
         voxels = torch.as_tensor(voxels).float()
         if voxels.ndim != 2 or len(voxels) < 1:
             raise InvalidInputError(f"view_feature_guidance needs voxel vectors (N, V); got {tuple(voxels.shape)}.")
@@ -311,8 +291,6 @@ class FeatureGuidanceView(W.VBox):
         return int(run * self.eta.value) if self.kappa.value > 0 else 0
 
     def _sample(self, kappa, eta):
-        import torch
-
         gens = [torch.Generator().manual_seed(self.seed + i) for i in range(self.n)]
         return self.pipe(self.voxels[:self.n], strength=self.strength, num_inference_steps=self.steps,
                          generator=gens, feature_guidance_scale=float(kappa),
@@ -322,8 +300,6 @@ class FeatureGuidanceView(W.VBox):
         self.draw()
 
     def _grid(self, rows: dict):
-        from .metrics import plot_reconstruction_grid
-
         first = next(iter(rows.values()))
         targets = self.targets[:self.n] if self.targets is not None else first * 0
         return plot_reconstruction_grid(rows, targets, n=self.n, titles=self.captions)

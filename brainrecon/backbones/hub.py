@@ -20,12 +20,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import diffusers
 import torch
 import torch.nn.functional as F
+import transformers
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import AutoTokenizer
 
 from ..diffusion import denoise_latents
 from ..errors import CheckpointError, DataNotFoundError, check_device
 from ..io import check_safetensors, read_json
+from .attributes import AttributeClassifier
 
 __all__ = ["Backbone", "load_backbone", "TOY_WEIGHTS_DIR", "REQUIRED_PARTS", "OPTIONAL_PARTS"]
 
@@ -335,8 +340,6 @@ def _check_parts(path: Path) -> None:
 
 
 def _transformers_class(folder: Path, allowed: tuple, default: str):
-    import transformers
-
     arch = (read_json(folder / "config.json", _FIX).get("architectures") or [default])[0]
     return getattr(transformers, arch if arch in allowed else default)
 
@@ -373,10 +376,6 @@ def load_backbone(name_or_path="toy", device=None, dtype: torch.dtype | None = N
         A file is truncated or corrupt (named), or a part has only pickled weights: only
         safetensors are loaded (``use_safetensors=True``), a pickle is never opened.
     """
-    import diffusers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoTokenizer
-
     device = check_device(device)
     path = _resolve(name_or_path)
     _check_parts(path)
@@ -403,8 +402,6 @@ def load_backbone(name_or_path="toy", device=None, dtype: torch.dtype | None = N
         judges = {}
         for name in ("attribute_classifier", "attribute_classifier_b"):
             if (path / name / "config.json").is_file():
-                from .attributes import AttributeClassifier
-
                 judges[name] = AttributeClassifier.from_pretrained(path / name, **safe)
     except CheckpointError:
         raise

@@ -21,6 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig,
+                          CLIPVisionModelWithProjection, PreTrainedTokenizerFast)
+
+from ..data.scenes import vocabulary
 from ..errors import InvalidInputError, check_choice
 
 __all__ = [
@@ -241,11 +246,8 @@ def make_toy_tokenizer(words=None, model_max_length: int = MODEL_MAX_LENGTH):
         gives the caption back.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
 
     if words is None:
-        from ..data.scenes import vocabulary
-
         words = vocabulary()
     vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS])}
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -264,8 +266,6 @@ def make_toy_tokenizer(words=None, model_max_length: int = MODEL_MAX_LENGTH):
 def make_toy_text_encoder(vocab_size: int, width: int = 128, layers: int = 4, heads: int = 4,
                           max_length: int = MODEL_MAX_LENGTH):
     """Toy CLIP text tower: ``CLIPTextModelWithProjection`` (projection to ``width``)."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
     cfg = CLIPTextConfig(vocab_size=int(vocab_size), hidden_size=width, intermediate_size=4 * width,
                          num_hidden_layers=layers, num_attention_heads=heads,
                          max_position_embeddings=int(max_length), projection_dim=width,
@@ -276,8 +276,6 @@ def make_toy_text_encoder(vocab_size: int, width: int = 128, layers: int = 4, he
 def make_toy_image_encoder(image_size: int = 64, width: int = 128, layers: int = 4, heads: int = 4,
                            patch_size: int = 8):
     """Toy CLIP image tower: a ViT, ``CLIPVisionModelWithProjection`` (projection to ``width``)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
     cfg = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
                            num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
                            projection_dim=width)
@@ -293,8 +291,6 @@ def _groups(channels) -> int:
 
 def make_toy_vae(image_size: int = 64, channels=(32, 64, 64), latent_channels: int = 4):
     """Tiny ``AutoencoderKL``: ``len(channels) - 1`` halvings (default 64×64 -> 16×16×4)."""
-    from diffusers import AutoencoderKL
-
     n = len(channels)
     return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
                          down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
@@ -309,8 +305,6 @@ def make_toy_unet(sample_size: int = 16, in_channels: int = 4, channels=(64, 96,
 
     ``norm_groups`` sets the GroupNorm groups (default: the most of 32, 16, ... dividing every width).
     """
-    from diffusers import UNet2DConditionModel
-
     n = len(channels)
     down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
     up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
@@ -341,8 +335,6 @@ def make_toy_scheduler(prediction_type: str = "epsilon", zero_terminal_snr: bool
         Rescale the betas so that the last timestep is pure noise (Lin et al. 2024), with
         "trailing" timestep spacing; needs ``v_prediction``.
     """
-    from diffusers import DDIMScheduler
-
     _check_prediction(prediction_type, zero_terminal_snr)
     return DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                          beta_end=0.012, clip_sample=False, set_alpha_to_one=bool(zero_terminal_snr),

@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import matplotlib.tri as mtri
+import nibabel as nib
 import numpy as np
+import torch
 from scipy import sparse
+from scipy.spatial import cKDTree
 
 from ..errors import DataNotFoundError, InvalidInputError, check_finite
 from .fsaverage import (AREA_NAMES, EARLY_AREAS, HIGHER_AREAS, N_VERTICES_FSAVERAGE,
@@ -137,7 +141,6 @@ def _spmm(m: sparse.csr_matrix, x: np.ndarray, n_threads: int = 1, out=None) -> 
 def _check_finite_fast(x, where: str) -> None:
     """check_finite, with a cheap sum as the common-case shortcut."""
     if _is_torch(x):
-        import torch
         if not x.is_floating_point() or bool(torch.isfinite(x.sum())):
             return
     else:
@@ -151,7 +154,6 @@ def _as_float(x: np.ndarray) -> np.ndarray:
 
 
 def _torch_float(dtype):
-    import torch
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
@@ -160,13 +162,11 @@ def _is_torch(x) -> bool:
 
 
 def _torch_index(v: np.ndarray, like):
-    import torch
     return torch.as_tensor(v, device=like.device)
 
 
 @lru_cache(maxsize=1)
 def _nested_index():
-    import torch
     k = N_VERTICES_FSAVERAGE5
     return torch.from_numpy(np.concatenate([np.arange(k), N_VERTICES_FSAVERAGE + np.arange(k)]))
 
@@ -196,7 +196,6 @@ def _area_labels(areas, surface) -> np.ndarray:
         return labels
     k = N_VERTICES_FSAVERAGE5
     if labels.shape == (2 * k,) and nl > k and nr > k:      # nested: nearest fsaverage5 vertex
-        from scipy.spatial import cKDTree
         parts = []
         for hemi, lab in zip((surface.left, surface.right), (labels[:k], labels[k:])):
             xy = np.asarray(hemi.flat)[:, :2]
@@ -209,8 +208,6 @@ def _area_labels(areas, surface) -> np.ndarray:
 
 @lru_cache(maxsize=16)
 def _rasterise(surface, h, w, crop, margin, mask, aspect, areas) -> _Raster:
-    import matplotlib.tri as mtri
-
     half = w // 2
     hemis = (surface.left, surface.right)
     offsets = (0, hemis[0].n_vertices)
@@ -298,8 +295,6 @@ def _rasterise(surface, h, w, crop, margin, mask, aspect, areas) -> _Raster:
 
 
 def _read_flat_gifti(path, name: str) -> FlatHemisphere:
-    import nibabel as nib
-
     path = Path(path)
     if not path.exists():
         raise DataNotFoundError(f"the {name} flat GIfTI mesh", [path],

@@ -22,10 +22,16 @@ what the toy world uses by default.
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
+from nilearn import datasets
+
+from ..errors import InvalidInputError, check_choice
 
 __all__ = [
     "N_VERTICES_FSAVERAGE5",
@@ -110,8 +116,6 @@ class FsaverageSurface:
 
     def hemi(self, name: str) -> Hemisphere:
         """Return the hemisphere called ``name`` (``"left"`` or ``"right"``)."""
-        from ..errors import check_choice
-
         check_choice("hemi", name, HEMISPHERES)
         return getattr(self, name)
 
@@ -135,8 +139,6 @@ def load_fsaverage5() -> FsaverageSurface:
     FsaverageSurface
         Flat, sphere, pial and inflated coordinates and sulcal depth of both hemispheres.
     """
-    from nilearn import datasets
-
     mesh = datasets.load_fsaverage("fsaverage5")
     sulc = datasets.load_fsaverage_data("fsaverage5", data_type="sulcal")
     hemis = []
@@ -184,8 +186,6 @@ def reduce_to_fsaverage5(values: np.ndarray, axis: int = -1) -> np.ndarray:
     InvalidInputError
         If the vertex axis has any other length.
     """
-    from ..errors import InvalidInputError
-
     values = np.asarray(values)
     n = values.shape[axis]
     k = N_VERTICES_FSAVERAGE5
@@ -244,8 +244,6 @@ def area_mask(labels: np.ndarray, *areas: str | int) -> np.ndarray:
         Area names (``"V1"``, ``"hV4"``...), label numbers, or the groups ``"early"``
         (V1-V3), ``"higher"`` (hV4 and beyond), ``"visual"`` (all) and ``"other"`` (label 0).
     """
-    from ..errors import check_choice
-
     groups = {"early": set(EARLY_AREAS), "higher": set(HIGHER_AREAS),
               "visual": set(AREA_NAMES), "other": {0}}
     by_name = {v: k for k, v in AREA_NAMES.items()}
@@ -275,8 +273,6 @@ def load_visual_areas(source: str = "geometric") -> VisualAreas:
     -------
     VisualAreas
     """
-    from ..errors import check_choice
-
     check_choice("source", source, ("geometric", "benson", "auto"))
     if source in ("benson", "auto"):
         try:
@@ -291,14 +287,9 @@ def load_visual_areas(source: str = "geometric") -> VisualAreas:
 
 
 def _benson_areas() -> VisualAreas:
-    import importlib.util
-
-    import nibabel as nib
-
     spec = importlib.util.find_spec("neuropythy")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("neuropythy")
-    from pathlib import Path
 
     root = Path(list(spec.submodule_search_locations)[0]) / "lib/data/fsaverage/surf"
     out = {}

@@ -24,7 +24,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from scipy import sparse
+from tqdm.auto import tqdm
 
+from ..cards import read_card
 from ..errors import InvalidInputError, check_choice, check_finite
 from .nsd_betas import _SurfaceReader, _VolumeReader, read_mgh_betas
 from .nsd_layout import (NSD_BETA_SCALE, NSD_DEFAULT_BETAS, NSD_SESSIONS_COMPLETED, NSD_SPACES,
@@ -91,8 +95,6 @@ class NSDSubjectData:
     @property
     def description(self) -> str:
         """The NSD data card (``data_cards/nsd.md``)."""
-        from ..cards import read_card
-
         try:
             return read_card("nsd")
         except InvalidInputError as err:  # a missing card only warns (as nilearn)
@@ -179,8 +181,6 @@ def load_nsd(root=None, subject=1, space: str = "func1pt8mm", *, n_sessions=None
     -------
     NSDSubjectData
     """
-    from tqdm.auto import tqdm
-
     check_choice("space", space, NSD_SPACES)
     check_choice("average", average, ("test", "all", "none"))
     check_choice("volume_format", volume_format, ("auto", *_VOLUME_FORMATS))
@@ -204,7 +204,6 @@ def load_nsd(root=None, subject=1, space: str = "func1pt8mm", *, n_sessions=None
     else:
         per_image = table["shared"].to_numpy() if average == "test" else np.ones(len(table), bool)
         key = np.where(per_image, table["image_id"].to_numpy(), -1 - table["trial"].to_numpy())
-    import pandas as pd
 
     rows, _ = pd.factorize(key)  # first-appearance order
     table = table.assign(row=rows)
@@ -285,7 +284,6 @@ def _accumulate(out: np.ndarray, rows: np.ndarray, x: np.ndarray) -> None:
     if uniq.size == rows.size:
         out[rows] += x
         return
-    from scipy import sparse
 
     m = sparse.csr_matrix((np.ones(rows.size, np.float32), (inverse, np.arange(rows.size))),
                           shape=(uniq.size, rows.size))

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import h5py
+import nibabel as nib
 import numpy as np
 
 from ..errors import DataNotFoundError, InvalidInputError, reading
@@ -43,8 +45,6 @@ class _VolumeReader:
         self.vertices = None
 
     def locate(self, sessions):
-        import nibabel as nib
-
         missing, found = [], {}
         if self.user_mask is not None and not isinstance(self.user_mask, (str, os.PathLike)):
             m, self.affine = np.asarray(self.user_mask), None
@@ -104,8 +104,6 @@ class _VolumeReader:
             return self._read_hdf5(path)
 
     def _read_nifti(self, path):
-        import nibabel as nib
-
         img = nib.load(path, keep_file_open=True)
         if len(img.shape) != 4:
             raise InvalidInputError(f"{path} has shape {img.shape}; expected (X, Y, Z, 750).")
@@ -119,8 +117,6 @@ class _VolumeReader:
         return _scale(np.concatenate(parts), disk)
 
     def _read_hdf5(self, path):
-        import h5py
-
         with h5py.File(path, "r") as f:
             if "betas" not in f:
                 raise InvalidInputError(f"{path} has no dataset 'betas' (found {list(f)}).")
@@ -151,8 +147,6 @@ class _SurfaceReader:
         self.n_keep = N_VERTICES_FSAVERAGE5 if fsaverage5 else N_VERTICES_FSAVERAGE
 
     def locate(self, sessions):
-        import nibabel as nib
-
         missing, found = [], {}
         for s in sessions:
             pair = tuple(self.p.betas(self.subject, "fsaverage", s, self.version, hemi=h)
@@ -220,8 +214,6 @@ def read_mgh_betas(path, n_keep: int = N_VERTICES_FSAVERAGE5,
     163,842-vertex file costs fsaverage5's memory); int16 files are divided by 300, float
     files kept as they are. ``n_trials=None`` skips the 750-trial check.
     """
-    import nibabel as nib
-
     with reading(path, _FIX):
         img = nib.load(path)
         n = _SurfaceReader._n_vertices(path, img.shape)

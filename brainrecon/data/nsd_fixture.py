@@ -28,7 +28,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
+import nibabel as nib
 import numpy as np
+import pandas as pd
+from scipy.io import savemat
 
 from ..errors import InvalidInputError, check_choice
 from ..io import atomic_dir
@@ -172,8 +176,6 @@ def make_nsd_fixture(root, subjects=(1,), n_sessions: int = 2,
     Path
         ``root``.
     """
-    from scipy.io import savemat
-
     root = Path(root)
     subjects = [parse_nsd_subject(s) for s in subjects]
     for s in spaces:
@@ -219,8 +221,6 @@ def make_nsd_fixture(root, subjects=(1,), n_sessions: int = 2,
 
 def _write_space(p, rng, s, space, ids, n_sessions, volume_shape, mni_shape, formats,
                  n_vertices, fs_dtype):
-    import nibabel as nib
-
     if space == "fsaverage":
         label_dir = p.roi(s, "fsaverage", hemi="lh").parent
         if not label_dir.exists():
@@ -260,15 +260,11 @@ def _write_space(p, rng, s, space, ids, n_sessions, volume_shape, mni_shape, for
                 img.header.set_data_dtype(np.int16)
                 nib.save(img, path)
             else:
-                import h5py
-
                 with h5py.File(path, "w") as f:   # MATLAB X*Y*Z*750 seen reversed by h5py
                     f.create_dataset("betas", data=vol.transpose(3, 2, 1, 0), chunks=(750, 1, 1, 1))
 
 
 def _stim_info(design, order, subjectim, rng):
-    import pandas as pd
-
     n = 73000
     info = pd.DataFrame({
         "cocoId": rng.choice(600000, n, replace=False) + 1,
@@ -290,8 +286,6 @@ def _stim_info(design, order, subjectim, rng):
 
 
 def _write_responses(p, s, order, subjectim):
-    import pandas as pd
-
     ntr = NSD_SESSIONS_COMPLETED[s - 1] * NSD_TRIALS_PER_SESSION
     t = np.arange(ntr)
     tis = t % NSD_TRIALS_PER_SESSION
@@ -312,8 +306,6 @@ def _write_responses(p, s, order, subjectim):
 
 
 def _write_images(p, ids, size):
-    import h5py
-
     p.stimuli.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(p.stimuli, "w") as f:
         ds = f.create_dataset("imgBrick", shape=(73000, size, size, 3), dtype=np.uint8,

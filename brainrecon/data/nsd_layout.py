@@ -12,7 +12,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
+import pandas as pd
+from scipy.io import loadmat
 
 from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, reading
 
@@ -161,9 +164,6 @@ def nsd_trial_table(root=None, subject=1, n_sessions=None, sessions=None):
         (``"test"`` for shared, else ``"train"``) and ``repeat`` (0-based presentation
         number of the image in the whole 40-session design).
     """
-    import pandas as pd
-    from scipy.io import loadmat
-
     root = resolve_nsd_root(root)
     subject = parse_nsd_subject(subject)
     sess = _sessions(subject, n_sessions, sessions)
@@ -198,8 +198,6 @@ def load_nsd_images(root, image_ids) -> np.ndarray:
     ``image_ids`` are 0-based 73k ids, in any order and with repeats; h5py needs sorted
     unique indices, so those are read and mapped back.
     """
-    import h5py
-
     root = resolve_nsd_root(root)
     path = nsd_paths(root).stimuli
     if not path.is_file():
@@ -227,8 +225,6 @@ def load_nsd_captions(root, image_ids, required: bool = False):
     needed ``captions_{train2017,val2017}.json`` files are absent and ``required`` is False.
     A missing split among several needed gives empty lists for its images, with a warning.
     """
-    import pandas as pd
-
     root = resolve_nsd_root(root)
     p = nsd_paths(root)
     ids = np.asarray(image_ids, dtype=np.int64).ravel()

@@ -23,6 +23,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import InvalidInputError, check_choice, check_finite
+from .nsd import load_nsd_images
+from .surface import FlatmapProjector
 
 __all__ = [
     "BrainRecords",
@@ -284,8 +286,6 @@ def make_toy_dataset(world, subjects: Sequence[str] | None = None, split: str = 
     subjects = list(world.subject_ids) if subjects is None else list(subjects)
     records = [records_from_toyworld(world, s, repeats=repeats) for s in subjects]
     if representation == "flatmap" and projector is None:
-        from .surface import FlatmapProjector
-
         projector = FlatmapProjector(resolution)
     images = world.scenes.images
     return BrainImageDataset(records, lambda keys: images[keys], split=split,
@@ -304,15 +304,11 @@ def make_nsd_dataset(data, split: str = "train", representation: str = "flatmap"
     split, representation, projector, resolution, image_size
         As :func:`make_toy_dataset`.
     """
-    from .nsd import load_nsd_images
-
     data = list(data) if isinstance(data, (list, tuple)) else [data]
     roots = {str(d.root) for d in data}
     if len(roots) != 1:
         raise InvalidInputError(f"all subjects must come from one NSD root; got {sorted(roots)}.")
     if representation == "flatmap" and projector is None:
-        from .surface import FlatmapProjector
-
         projector = FlatmapProjector(resolution)
     root = data[0].root
     return BrainImageDataset([records_from_nsd(d) for d in data],

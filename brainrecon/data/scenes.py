@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..figures import Figure
 
 __all__ = [
     "CATEGORIES",
@@ -588,8 +589,6 @@ def plot_scenes(scenes: Scenes, n: int = 8, ncols: int = 4, width: int = 28, pan
     -------
     matplotlib.figure.Figure
     """
-    from ..figures import Figure
-
     n = min(int(n), len(scenes))
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))

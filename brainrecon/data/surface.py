@@ -37,9 +37,11 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 from scipy import sparse
 
 from ..errors import InvalidInputError, check_choice
+from ..figures import Figure
 from .fsaverage import (AREA_NAMES, N_VERTICES_FSAVERAGE,
                         N_VERTICES_FSAVERAGE5, VisualAreas, load_fsaverage5, load_visual_areas,
                         reduce_to_fsaverage5)
@@ -237,12 +239,10 @@ class FlatmapProjector:
                 return out
             res = res.astype(np.float32, copy=False).reshape(shape)
             if mode == "torch-cpu":
-                import torch
                 res = torch.from_numpy(res)
         if out is None:
             return res
         if _is_torch(out):
-            import torch
             out.copy_(torch.as_tensor(res))
         else:
             out[...] = res.detach().cpu().numpy() if _is_torch(res) else res
@@ -286,7 +286,6 @@ class FlatmapProjector:
             m = self._r.inverse32 if xn.dtype == np.float32 else self._r.inverse64
             out = _spmm(m, xn, self.n_threads).astype(np.float32, copy=False)
             if is_torch:
-                import torch
                 out = torch.from_numpy(out)
         out = out.reshape(*lead, self.n_vertices)
         if vertices is not None:
@@ -400,8 +399,6 @@ class FlatmapProjector:
         return np.ascontiguousarray(x), lead, mode
 
     def _torch_apply(self, kind: str, x):
-        import torch
-
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         key = (kind, x.device, dtype)
         m = self._torch_cache.get(key)
@@ -453,8 +450,6 @@ def plot_flatmap(values, projector: FlatmapProjector | None = None, *, vertices=
     -------
     matplotlib.figure.Figure
     """
-    from ..figures import Figure
-
     if _is_torch(values):
         values = values.detach().cpu().numpy()
     values = np.asarray(values, dtype=np.float64)

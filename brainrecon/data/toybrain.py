@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+import torch
 from scipy import ndimage, sparse
 
 from ..errors import InvalidInputError, check_finite
+from .fsaverage import load_fsaverage5, load_visual_areas
 from .scenes import CATEGORIES, COLOURS, make_scenes
 
 __all__ = ["ToyEncodingModel", "ImageFeatures", "image_features", "EARLY_CHANNELS",
@@ -69,8 +71,6 @@ def to_float_images(images) -> np.ndarray:
         x = x.astype(np.float32)
         check_finite(x, "images given to the toy encoding model")
     if x.shape[1:3] != (WORK, WORK) and len(x):
-        import torch
-
         t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
         if min(x.shape[1:3]) >= WORK:                   # box filter: exact for integer factors
             t = torch.nn.functional.interpolate(t, size=(WORK, WORK), mode="area")
@@ -387,8 +387,6 @@ def _smooth_field(xy: np.ndarray, rng, dim: int, n_bumps: int, length: float) ->
 
 def flat_xy(vertices: np.ndarray) -> np.ndarray:
     """Flat-map coordinates of global vertex indices, hemispheres 1000 mm apart."""
-    from .fsaverage import load_fsaverage5
-
     surf = load_fsaverage5()
     xy = np.concatenate([surf.left.flat, surf.right.flat + [1000.0, 0.0]])
     return xy[vertices]
@@ -397,8 +395,6 @@ def flat_xy(vertices: np.ndarray) -> np.ndarray:
 def build_group_model(rng: np.random.Generator, field_radius_deg: float, calib: ImageFeatures,
                       atlas: str = "geometric", codebook_seed: int = 0) -> ToyEncodingModel:
     """The group encoding model over all 20,484 vertices (see the data card)."""
-    from .fsaverage import load_visual_areas
-
     va = load_visual_areas(atlas)
     V = len(va.labels)
     area = np.where(np.isin(va.labels, EARLY + HIGHER), va.labels, 0).astype(np.int64)

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from ..errors import CheckpointError, DataNotFoundError, InvalidInputError
 from ..io import atomic_dir
@@ -33,8 +34,6 @@ def save_toyworld(world, path) -> Path:
     ``scenes.json`` (captions, objects, backgrounds), ``encoding_model.safetensors``,
     ``subjects/<id>.safetensors`` (responses, trials, vertices and the subject's model).
     """
-    from safetensors.numpy import save_file
-
     path = Path(path)
     with atomic_dir(path) as tmp:
         sc = world.scenes
@@ -60,8 +59,6 @@ def save_toyworld(world, path) -> Path:
 
 
 def _read(file: Path) -> dict:
-    from safetensors.numpy import load_file
-
     try:
         return load_file(str(file))
     except Exception as e:                       # truncated, not safetensors, ...

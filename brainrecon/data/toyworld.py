@@ -20,9 +20,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Rectangle
+from scipy.spatial import cKDTree
+from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
-from .fsaverage import AREA_NAMES, area_mask
+from ..figures import Figure
+from .fsaverage import AREA_NAMES, area_mask, load_fsaverage5
 from .scenes import Scenes, make_scenes
 from . import toybrain as tb
 
@@ -205,8 +212,6 @@ class ToyWorld:
         median single-trial NC, %), ``nc_avg`` / ``nc_avg_median`` (NC of the average of
         ``n_repeats`` trials, %). NC = 100 · ncsnr² / (ncsnr² + 1/n).
         """
-        import pandas as pd
-
         ids = self.subject_ids if subject is None else [self.subject(subject).id]
         rows = []
         n = self.config.n_repeats
@@ -272,10 +277,6 @@ def _rng(cfg: ToyWorldConfig, *tag: int) -> np.random.Generator:
 
 def _native_vertices(area: np.ndarray, rng, density: float, radius_mm: float) -> np.ndarray:
     """Visual vertices plus flat-map surround within ``radius_mm``, kept with prob. ``density``."""
-    from scipy.spatial import cKDTree
-
-    from .fsaverage import load_fsaverage5
-
     on_flat = load_fsaverage5().on_flat
     cand = np.nonzero(on_flat)[0]
     xy = tb.flat_xy(cand)
@@ -343,8 +344,6 @@ def make_toyworld(config: ToyWorldConfig | None = None, progress: bool | None = 
     -------
     ToyWorld
     """
-    from tqdm.auto import tqdm
-
     config = config or ToyWorldConfig()
     bad = set(overrides) - {f.name for f in fields(ToyWorldConfig)}
     if bad:
@@ -382,8 +381,6 @@ def _tick(bar):
 def plot_noise_ceiling(world: ToyWorld, ax=None):
     """Bar chart of the mean noise ceiling per area (single trial and repeat average),
     one dot per subject. Returns the Figure."""
-    from ..figures import Figure
-
     df = world.noise_ceiling()
     areas = [a for a in AREA_ROWS if a in set(df.area)]
     if ax is None:
@@ -406,13 +403,6 @@ def plot_noise_ceiling(world: ToyWorld, ax=None):
 
 def plot_subject_vertices(world: ToyWorld, subject: str = "subj01"):
     """The subject's native vertices on both flat hemispheres, coloured by visual area."""
-    from matplotlib import colormaps
-    from matplotlib.colors import ListedColormap
-    from ..figures import Figure
-    from matplotlib.patches import Rectangle
-
-    from .fsaverage import load_fsaverage5
-
     s = world.subject(subject)
     surf = load_fsaverage5()
     lab = np.full(surf.n_vertices, -1.0)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..backbones.attributes import box_iou
 from ..errors import InvalidInputError
+from .lowlevel import as_tensor
 
 __all__ = ["attribute_scores_per_image", "attribute_scores"]
 
@@ -42,9 +44,6 @@ def attribute_scores_per_image(reconstructions, category, colour, bbox, classifi
     dict of arrays (N,)
         ``category_ok``, ``colour_ok``, ``both_ok`` (0/1), ``position_error``, ``box_iou``.
     """
-    from ..backbones.attributes import box_iou
-    from .lowlevel import as_tensor
-
     x = as_tensor(reconstructions, "reconstructions")
     n = len(x)
     category, colour = np.asarray(category, np.int64), np.asarray(colour, np.int64)

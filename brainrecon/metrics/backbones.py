@@ -6,8 +6,15 @@ that training never used (``heldout_seed``).
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import torch
+
+from ..data.scenes import make_scenes, swap_caption_word
+from ..figures import Figure
+from .attributes import attribute_scores_per_image
+from .lowlevel import as_tensor
 
 __all__ = ["heldout_scenes", "vae_psnr", "clip_retrieval", "clip_hard_negatives", "attribute_accuracy",
            "plot_vae_reconstructions", "plot_retrieval",
@@ -16,15 +23,11 @@ __all__ = ["heldout_scenes", "vae_psnr", "clip_retrieval", "clip_hard_negatives"
 
 def images_to_tensor(images_u8: np.ndarray) -> torch.Tensor:
     """``(n, H, W, 3)`` uint8 -> ``(n, 3, H, W)`` float in [0, 1] (:func:`brainrecon.metrics.as_tensor`)."""
-    from .lowlevel import as_tensor
-
     return as_tensor(images_u8)
 
 
 def heldout_scenes(n: int, image_size: int = 64, seed: int = 10_000):
     """Held-out toy scenes (``make_scenes(n, image_size, seed)``)."""
-    from ..data.scenes import make_scenes
-
     return make_scenes(int(n), image_size=int(image_size), seed=int(seed))
 
 
@@ -64,8 +67,6 @@ def clip_hard_negatives(backbone, images: torch.Tensor, captions, seed: int = 0)
     Retrieval among random captions can be won on colour, place and background alone; this
     figure tells whether the text features know the shape at all.
     """
-    from ..data.scenes import swap_caption_word
-
     captions = list(captions)
     v = torch.nn.functional.normalize(backbone.encode_image_embeds(images), dim=-1)
     t = torch.nn.functional.normalize(backbone.encode_text_embeds(captions), dim=-1)
@@ -87,8 +88,6 @@ def attribute_accuracy(classifier, images: torch.Tensor, category, colour, bbox=
     and ``position_error``. The scores are :func:`brainrecon.metrics.attribute_scores_per_image`'s,
     named as the backbone card reports them.
     """
-    from .attributes import attribute_scores_per_image
-
     n = len(images)
     s = attribute_scores_per_image(images, category, colour, np.zeros((n, 4)) if bbox is None else bbox,
                                    classifier, image_size)
@@ -205,10 +204,6 @@ def evaluate_backbone(backbone, n_eval: int = 200, n_retrieval: int = 100, n_gen
 def plot_backbone_samples(backbone, captions, guidance_scales=(0.0, 1.0, None), num_inference_steps: int = 25,
                           seed: int = 0, wrap: int = 28):
     """Grid of samples: one row per caption, one column per guidance scale. Returns a Figure."""
-    import textwrap
-
-    from ..figures import Figure
-
     captions = list(captions)
     cols = list(guidance_scales)
     fig = Figure(figsize=(1.9 * (len(cols) + 1), 1.9 * len(captions)))
@@ -231,8 +226,6 @@ def plot_backbone_samples(backbone, captions, guidance_scales=(0.0, 1.0, None), 
 
 def plot_vae_reconstructions(backbone, images: torch.Tensor, n: int = 8):
     """Originals (top row) and VAE reconstructions (bottom row) with per-image PSNR. Returns a Figure."""
-    from ..figures import Figure
-
     x = images[:n]
     with torch.no_grad():
         r = backbone.decode_latents(backbone.encode_latents(x.to(backbone.device))).cpu()
@@ -252,8 +245,6 @@ def plot_vae_reconstructions(backbone, images: torch.Tensor, n: int = 8):
 
 def plot_retrieval(backbone, images: torch.Tensor, captions, n: int = 16):
     """Caption-by-image cosine similarity of toy CLIP (the diagonal holds the true pairs). Returns a Figure."""
-    from ..figures import Figure
-
     with torch.no_grad():
         t = torch.nn.functional.normalize(backbone.encode_text_embeds(list(captions)[:n]), dim=-1)
         v = torch.nn.functional.normalize(backbone.encode_image_embeds(images[:n]), dim=-1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidInputError
+from .lowlevel import as_tensor
 
 __all__ = ["brain_correlation_per_image", "brain_correlation", "toy_encoder", "toy_regions", "toy_measured",
            "RidgeEncodingModel", "TOY_REGIONS"]
@@ -62,8 +63,6 @@ def brain_correlation(reconstructions, measured, encoder, regions=None) -> dict:
     dict
         ``{region: per-image r (N,)}``.
     """
-    from .lowlevel import as_tensor
-
     pred = np.asarray(encoder(as_tensor(reconstructions, "reconstructions")))
     regions = regions or {"all": None}
     return {name: brain_correlation_per_image(pred, measured, mask) for name, mask in regions.items()}
@@ -125,8 +124,6 @@ class RidgeEncodingModel:
         self.model = None
 
     def _features(self, images):
-        from .lowlevel import as_tensor
-
         f = self.feature_set.extract(as_tensor(images), names=(self.feature,))[self.feature].astype(np.float64)
         return f
 

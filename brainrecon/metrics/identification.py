@@ -6,6 +6,7 @@ same order); the networks that make them live in :mod:`brainrecon.metrics.networ
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import norm
 
 from ..errors import InvalidInputError
 
@@ -18,8 +19,6 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
 
     ``std`` is NumPy's population standard deviation (``ddof=0``), as MindEye computes it.
     """
-    from scipy.stats import norm
-
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
     if len(v) == 0:

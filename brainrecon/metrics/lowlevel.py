@@ -19,9 +19,13 @@ image is undefined: it is NaN, with a warning that names the pairs.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from skimage.metrics import structural_similarity
 
 from ..errors import InvalidInputError, check_choice, check_finite
 
@@ -108,8 +112,6 @@ def resize(x: torch.Tensor, size: int, mode: str = "bilinear", antialias: bool =
 
 def pil_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """brain-diffuser's resize: 8-bit RGB, ``PIL.Image.resize((size, size))`` (bicubic), then /255."""
-    from PIL import Image
-
     u8 = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     out = np.stack([np.asarray(Image.fromarray(a).resize((size, size), Image.BICUBIC)) for a in u8])
     return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255.0
@@ -152,8 +154,6 @@ def lowlevel_per_image(reconstructions, targets, protocol: str = "mindeye", anti
                        columnwise: bool | None = None, batch_size: int = 32, _based: bool = False,
                        want=("pixcorr", "ssim")) -> dict:
     """PixCorr and SSIM per image from one 425×425 resize per batch: ``{"pixcorr": (N,), "ssim": (N,)}``."""
-    from skimage.metrics import structural_similarity
-
     if columnwise is None:
         columnwise = protocol == "brain-diffuser"
     rec, gt = (reconstructions, targets) if _based else _prepare(reconstructions, targets, protocol, antialias)
@@ -187,8 +187,6 @@ def _warn_constant(pixcorr_values: np.ndarray) -> None:
     """Warn that PixCorr is NaN where a reconstruction or target is constant (zero variance)."""
     bad = np.flatnonzero(~np.isfinite(pixcorr_values))
     if bad.size:
-        import warnings
-
         shown = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
         warnings.warn(f"PixCorr is undefined (NaN) for {bad.size} of {len(pixcorr_values)} image pair(s) whose "
                       f"reconstruction or target is constant (zero variance): pair(s) {shown}. Their NaN makes "

@@ -33,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
+from transformers import CLIPVisionModelWithProjection
 
 from ..errors import CheckpointError, DataNotFoundError, check_choice
-from .lowlevel import DEFAULT_ANTIALIAS, pil_resize, protocol_base, resize
+from .lowlevel import DEFAULT_ANTIALIAS, PROTOCOLS, pil_resize, protocol_base, resize
 from .toy_features import ToyFeatureSet
 
 __all__ = ["NetworkSpec", "NETWORKS", "FEATURE_NAMES", "register_network", "find_weights", "load_state_dict",
@@ -175,8 +177,6 @@ def load_state_dict(path) -> dict:
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             sd = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -194,8 +194,6 @@ def load_state_dict(path) -> dict:
 def build_network(spec: NetworkSpec, path) -> torch.nn.Module:
     """The architecture of ``spec`` with the weights at ``path``, in eval mode."""
     if spec.arch == "hf-clip":
-        from transformers import CLIPVisionModelWithProjection
-
         try:
             return CLIPVisionModelWithProjection.from_pretrained(str(path), use_safetensors=True).eval()
         except Exception as e:  # noqa: BLE001
@@ -239,8 +237,6 @@ class RealFeatureSet:
 
     def __init__(self, weights_dir=None, weights=None, protocol: str = "mindeye", device="cpu",
                  batch_size: int = 32, antialias: bool = DEFAULT_ANTIALIAS):
-        from .lowlevel import PROTOCOLS
-
         check_choice("protocol", protocol, PROTOCOLS)
         self.weights_dir, self.weights, self.protocol = weights_dir, dict(weights or {}), protocol
         self.device, self.batch_size, self.antialias = torch.device(device), int(batch_size), antialias

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..figures import Figure
+from .lowlevel import as_tensor
+
 __all__ = ["plot_metrics", "plot_reconstruction_grid"]
 
 
@@ -25,8 +28,6 @@ def plot_metrics(tables, ncols: int = 4, title: str | None = None):
     -------
     matplotlib.figure.Figure
     """
-    from ..figures import Figure
-
     if hasattr(tables, "itertuples"):
         tables = {"": tables}
     names = list(tables)
@@ -85,10 +86,6 @@ def plot_reconstruction_grid(reconstructions, targets, n: int = 8, scores=None, 
     -------
     matplotlib.figure.Figure
     """
-    from ..figures import Figure
-
-    from .lowlevel import as_tensor
-
     gt = as_tensor(targets, "targets")
     rows = reconstructions if isinstance(reconstructions, dict) else {"reconstruction": reconstructions}
     rows = {k: as_tensor(v, k) for k, v in rows.items()}

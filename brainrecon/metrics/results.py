@@ -27,8 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
+from ..data.toyworld import ToyWorldConfig, make_toyworld
 from ..errors import CheckpointError, DataNotFoundError, InvalidInputError
+from ..io import atomic_dir
+from .lowlevel import as_uint8
 
 __all__ = ["Results", "save_results", "load_results", "find_results_dir", "make_degraded_results", "RESULTS_FORMAT"]
 
@@ -79,9 +83,6 @@ def save_results(directory, reconstructions, targets, *, method: str | None = No
     extra : dict, optional
         JSON-able additions to ``meta.json``.
     """
-    from ..io import atomic_dir
-    from .lowlevel import as_uint8
-
     rec, tgt = as_uint8(reconstructions, "reconstructions"), as_uint8(targets, "targets")
     if len(rec) != len(tgt):
         raise InvalidInputError(f"{len(rec)} reconstructions but {len(tgt)} targets; they must pair up.")
@@ -182,11 +183,7 @@ def make_degraded_results(directory, world=None, subject: str = "subj01", n: int
     n : int, optional
         Number of test images (default all).
     """
-    from scipy.ndimage import gaussian_filter
-
     if world is None:
-        from ..data.toyworld import ToyWorldConfig, make_toyworld
-
         world = make_toyworld(ToyWorldConfig.smoke(), progress=False)
     ids = np.asarray(world.test_images)[: n or None]
     rng = np.random.default_rng(seed)

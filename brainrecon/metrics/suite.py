@@ -2,13 +2,23 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from ..data.toystore import load_toyworld
+from ..data.toyworld import ToyWorldConfig, make_toyworld
 from ..errors import DataNotFoundError, InvalidInputError, check_choice, check_device
+from ..io import check_output_dir, write_json
+from .attributes import attribute_scores_per_image
+from .brain import brain_correlation, toy_encoder, toy_measured, toy_regions
 from .identification import correlation_distance_per_image, mean_ci, n_way_top_k_per_image, two_way_per_image
 from .lowlevel import PROTOCOLS, as_tensor, lowlevel_per_image, protocol_base
+from .networks import find_weights, make_feature_set
+from .results import find_results_dir, load_results
+from .retrieval import retrieval
 
 __all__ = ["evaluate", "evaluate_folder", "run_evaluate_cli", "METRIC_INFO", "metrics_dict", "metrics_path"]
 
@@ -85,10 +95,6 @@ def evaluate(reconstructions, targets, *, feature_set="auto", weights_dir=None, 
         ``ci_low``, ``ci_high``, ``n``, ``higher_is_better``, ``chance``, ``feature_set``,
         ``protocol``, ``seconds``. With ``return_per_image``, ``(table, per_image)``.
     """
-    import pandas as pd
-
-    from .networks import make_feature_set
-
     check_device(device)
     check_choice("protocol", protocol, PROTOCOLS)
     rec, gt = as_tensor(reconstructions, "reconstructions"), as_tensor(targets, "targets")
@@ -138,8 +144,6 @@ def evaluate(reconstructions, targets, *, feature_set="auto", weights_dir=None, 
             vals = two_way_per_image(fp[m], fg[m]) if m in _TWO_WAY else correlation_distance_per_image(fp[m], fg[m])
             add(m, vals, timing=dt)
     if "retrieval" in wanted:
-        from .retrieval import retrieval
-
         t = time.perf_counter()
         if image_embeddings is None:
             image_embeddings = fs.extract(gb, ("clip",), based=True)["clip"]
@@ -149,8 +153,6 @@ def evaluate(reconstructions, targets, *, feature_set="auto", weights_dir=None, 
             add(f"retrieval_{d}", value=r[d], ci=r[f"{d}_ci"], extra_label=f"{lab} ({r['n_way']}-way)", timing=dt,
                 chance=r["chance"])
     if "brain" in wanted:
-        from .brain import brain_correlation
-
         t = time.perf_counter()
         bc = brain_correlation(rec, measured, encoder, regions)
         dt = time.perf_counter() - t
@@ -163,8 +165,6 @@ def evaluate(reconstructions, targets, *, feature_set="auto", weights_dir=None, 
         vals = n_way_top_k_per_image(pp, pg, n_way=k, top_k=top_k, n_trials=n_trials, seed=seed)
         add("nway", vals, extra_label=f"{k}-way top-{top_k}", timing=time.perf_counter() - t, chance=top_k / k)
     if "attributes" in wanted:
-        from .attributes import attribute_scores_per_image
-
         clf = getattr(fs, "attribute_classifier", None)
         if clf is None:
             raise InvalidInputError("attribute scores need the toy attribute classifier (feature_set='toy' with a "
@@ -186,8 +186,6 @@ def _has_classifier(fs) -> bool:
     if getattr(fs, "kind", None) == "toy":
         return getattr(fs, "attribute_classifier", None) is not None
     try:
-        from .networks import find_weights
-
         find_weights(fs.spec("vit_h_14"), fs.weights, fs.weights_dir)
         return True
     except Exception:  # noqa: BLE001 - any failure: no classifier
@@ -252,9 +250,6 @@ def evaluate_folder(results_dir, out=None, feature_set="auto", weights_dir=None,
     pandas.DataFrame
         The table of :func:`evaluate`.
     """
-    from ..io import write_json
-    from .results import load_results
-
     check_device(device)
     res = load_results(results_dir)
     results_dir = res.path
@@ -273,15 +268,11 @@ def evaluate_folder(results_dir, out=None, feature_set="auto", weights_dir=None,
         kw.setdefault("regions", res.regions)
     if meta.get("world") == "toy" and meta.get("subject") and meta.get("image_ids") and (
             world is not None or meta.get("toyworld")) and "encoder" not in kw:
-        from .brain import toy_encoder, toy_measured, toy_regions
-
         world = world if world is not None else _rebuild_toyworld(meta["toyworld"])
         kw["encoder"] = toy_encoder(world, meta["subject"])
         kw["measured"] = toy_measured(world, meta["subject"], meta["image_ids"])
         kw["regions"] = toy_regions(world, meta["subject"])
     if "measured" in kw and "encoder" not in kw:
-        import warnings
-
         warnings.warn(f"{results_dir} holds measured responses but no encoding model was given; brain "
                       "correlation is left out (pass encoder=..., e.g. a fitted RidgeEncodingModel).", stacklevel=2)
         kw.pop("measured"), kw.pop("regions", None)
@@ -300,8 +291,6 @@ def evaluate_folder(results_dir, out=None, feature_set="auto", weights_dir=None,
 
 def metrics_path(results_dir, out=None) -> Path:
     """Where :func:`evaluate_folder` writes its JSON (``out``, else ``results_dir/metrics.json``), proven writable."""
-    from ..io import check_output_dir
-
     out = Path(out).expanduser() if out else Path(results_dir) / "metrics.json"
     if out.is_dir():
         raise InvalidInputError(f"--out {str(out)!r} is a folder; pass a file name for the metrics JSON, e.g. "
@@ -312,10 +301,7 @@ def metrics_path(results_dir, out=None) -> Path:
 
 def _rebuild_toyworld(spec: dict):
     if "path" in spec:
-        from ..data.toystore import load_toyworld
-
         return load_toyworld(spec["path"])
-    from ..data.toyworld import ToyWorldConfig, make_toyworld
 
     return make_toyworld(ToyWorldConfig(**spec["config"]), progress=False)
 
@@ -328,8 +314,6 @@ def run_evaluate_cli(args) -> int:
     ``out``, ``feature_set``, ``protocol``, ``device``. Every argument is checked before any
     scoring. Prints the table; returns 0.
     """
-    from .results import find_results_dir
-
     check_device(getattr(args, "device", None) or "cpu")
     results_dir = find_results_dir(args.results_dir)
     out = metrics_path(results_dir, getattr(args, "out", None))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..backbones import load_backbone
 from ..errors import DataNotFoundError, InvalidInputError
 from .lowlevel import DEFAULT_ANTIALIAS, protocol_base
 
@@ -34,8 +35,6 @@ class ToyFeatureSet:
     def __init__(self, backbone="toy", protocol: str = "mindeye", device="cpu", batch_size: int = 256,
                  antialias: bool = DEFAULT_ANTIALIAS):
         if not hasattr(backbone, "encode_image_features"):
-            from ..backbones import load_backbone
-
             backbone = load_backbone(backbone, device=device)
         backbone._require_image_encoder()
         self.backbone, self.protocol, self.batch_size, self.antialias = backbone, protocol, int(batch_size), antialias

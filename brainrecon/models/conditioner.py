@@ -39,6 +39,11 @@ class BrainConditioner:
 
     #: ``"flatmap"`` or ``"voxels"``.
     input_kind: str = "flatmap"
+
+    def to(self, *args, **kwargs):
+        """``torch.nn.Module.to``: a composite conditioner has no fp32-only modules, so diffusers'
+        ``ModelMixin.to`` check (which warns on every dtype cast) does not apply."""
+        return torch.nn.Module.to(self, *args, **kwargs)
     #: names of state tensors a ``callback_on_step_end`` may read and replace (besides ``latents``).
     callback_tensors: tuple = ()
 

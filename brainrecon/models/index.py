@@ -17,7 +17,9 @@ import json
 from importlib import import_module
 from pathlib import Path
 
+from .. import __version__
 from ..errors import CheckpointError
+from ..models.conditioner import BrainConditioner
 
 __all__ = ["register_conditioner", "conditioner_entry", "resolve_conditioner", "write_index", "INDEX_NAME"]
 
@@ -46,8 +48,6 @@ def conditioner_entry(conditioner) -> list[str]:
 def write_index(folder, conditioner, parts: dict | None = None) -> Path:
     """Write ``folder/model_index.json`` for a reconstructor: the conditioner's class and, for a full
     folder, each backbone part's ``[library, class]`` (``parts``: ``{name: object}``; missing → ``null``)."""
-    from .. import __version__
-
     index = {"_class_name": "BrainToImagePipeline", "_brainrecon_version": __version__,
              "conditioner": conditioner_entry(conditioner)}
     for name in BACKBONE_PARTS:
@@ -60,8 +60,6 @@ def write_index(folder, conditioner, parts: dict | None = None) -> Path:
 
 def resolve_conditioner(entry, folder) -> type:
     """The class an index entry names, if brainrecon may build it; else a :class:`CheckpointError`."""
-    from ..models.conditioner import BrainConditioner
-
     if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
         raise CheckpointError(f"{folder}/{INDEX_NAME}: 'conditioner' must be [module, class]; got {entry!r}. "
                               f"Rewrite the folder with BrainToImagePipeline.save_pretrained.")

@@ -8,8 +8,23 @@ semantic swap and scores everything with :func:`brainrecon.sampling.evaluate_rec
 """
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.toystore import load_toyworld
+from ..data.toyworld import ToyWorldConfig, make_toyworld
+from ..errors import InvalidInputError, check_choice, check_range
+from ..io import atomic_file, check_output_dir, read_json, write_json
+from ..metrics import plot_reconstruction_grid, save_results
+from ..plotting import save_figure
+from .explore import evaluate_reconstructor, plot_control_sweep, plot_swap_grid, swap_grid, sweep_control_scale
+from .folders import reconstructor_info
+from .pipeline import load_reconstructor
 
 __all__ = ["write_demo_report", "make_demo_world", "demo_world_config"]
 
@@ -32,10 +47,6 @@ def demo_world_config(pipe, preset: str | None = None):
     ToyWorldConfig or str
         A config, or the folder of a saved world (``{"path": ...}`` entries).
     """
-    from ..data.toyworld import ToyWorldConfig
-    from ..errors import check_choice
-    from ..io import read_json
-
     check_choice("world_preset", preset, (None, "default", "smoke"))
     info = pipe if isinstance(pipe, dict) else pipe.info
     spec = info.get("toyworld")
@@ -54,12 +65,8 @@ def demo_world_config(pipe, preset: str | None = None):
 
 def make_demo_world(pipe, preset: str | None = None, progress: bool = True):
     """The toy world a reconstructor was trained on (built, or loaded; see :func:`demo_world_config`)."""
-    from ..data.toyworld import make_toyworld
-
     config = demo_world_config(pipe, preset)
     if isinstance(config, str):
-        from ..data.toystore import load_toyworld
-
         return load_toyworld(config)
     return make_toyworld(config, progress=progress)
 
@@ -112,8 +119,6 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
     DataNotFoundError, CheckpointError
         The reconstructor folder is missing, or one of its files is unreadable (named).
     """
-    import torch
-
     _check_arguments(out_dir, n_test, num_inference_steps, alphas, n_show, n_swap, seed, world_preset, threads)
     world, subject = _world_and_subject(reconstructor, world, world_preset, subject)
     before = torch.get_num_threads()
@@ -129,12 +134,6 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
 def _check_arguments(out_dir, n_test, num_inference_steps, alphas, n_show, n_swap, seed, world_preset,
                      threads) -> None:
     """Every argument of :func:`write_demo_report` that can be checked without loading anything."""
-    import math
-    import numbers
-
-    from ..errors import InvalidInputError, check_choice, check_range
-    from ..io import check_output_dir
-
     check_output_dir(out_dir, "the demo's output folder (--out)")
     check_range("n_test", n_test, 2)           # the suite compares pairs of scans
     if num_inference_steps is not None:
@@ -152,14 +151,10 @@ def _check_arguments(out_dir, n_test, num_inference_steps, alphas, n_show, n_swa
 
 def _world_and_subject(reconstructor, world, world_preset, subject):
     """``(world or its config, subject)``, the subject checked against it; reads JSON only, builds nothing."""
-    from .folders import reconstructor_info
-
     info = reconstructor_info(reconstructor)
     if world is None:
         world = demo_world_config(info, world_preset)
         if isinstance(world, str):                  # a saved world: cheap to load, and it knows its subjects
-            from ..data.toystore import load_toyworld
-
             world = load_toyworld(world)
     config = getattr(world, "config", world)
     subject = subject or info.get("subject") or config.subject_ids[0]
@@ -169,15 +164,6 @@ def _world_and_subject(reconstructor, world, world_preset, subject):
 
 def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, alphas, n_show, n_swap, seed,
                   world, progress) -> dict:
-    from tqdm.auto import tqdm
-
-    from ..data.toyworld import ToyWorldConfig, make_toyworld
-    from ..io import atomic_file, write_json
-    from ..metrics import plot_reconstruction_grid, save_results
-    from ..plotting import save_figure
-    from .explore import evaluate_reconstructor, plot_control_sweep, plot_swap_grid, swap_grid, sweep_control_scale
-    from .pipeline import load_reconstructor
-
     t0 = time.perf_counter()
     out = Path(out_dir)
     bar = tqdm(total=5, desc="demo", disable=not progress)

@@ -15,10 +15,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from ..data.pairs import make_toy_dataset
 from ..errors import InvalidInputError
-from ..metrics import evaluate
+from ..figures import Figure
+from ..metrics import (as_tensor, as_uint8, attribute_scores_per_image, evaluate, make_feature_set, metrics_dict,
+                       plot_reconstruction_grid)
 
 __all__ = ["make_test_maps", "reconstruct", "sweep_control_scale", "plot_control_sweep", "swap_grid",
            "plot_swap_grid", "evaluate_reconstructor", "evaluate_retrieval"]
@@ -49,8 +54,6 @@ def make_test_maps(pipe, world, subject: str, n_test: int | None = None) -> dict
         ``maps`` ``(N, 1, H, W)``, ``targets`` ``(N, 3, S, S)`` in [0, 1], ``image_keys`` ``(N,)``,
         ``captions`` (list), ``attributes`` (``category``, ``colour``, ``bbox`` of the targets).
     """
-    from ..data.pairs import make_toy_dataset
-
     if getattr(pipe.conditioner, "input_kind", "flatmap") == "voxels":     # e.g. NeuralDiffuser
         ds = make_toy_dataset(world, subjects=[subject], split="test", representation="voxels")
     else:
@@ -105,8 +108,6 @@ def reconstruct(pipe, data, indices=None, batch_size: int = 8, seed: int = 0, pr
     dict
         ``images`` ``(N, 3, H, W)`` in [0, 1], ``indices``, and ``image_keys`` when known.
     """
-    from tqdm.auto import tqdm
-
     maps, idx, keys = _maps_of(data, indices)
     if semantic_source is not None:
         semantic_source = torch.as_tensor(semantic_source).float()
@@ -163,8 +164,6 @@ def sweep_feature_guidance(pipe, data, targets, kappas=(0.0, 1e-4, 1e-3, 1e-2), 
     dict
         ``rows``: one dict per setting (``kappa``, ``eta`` and each metric); ``images``: ``{(κ, η): images}``.
     """
-    from ..metrics import evaluate, metrics_dict
-
     rows, images = [], {}
     for k in kappas:
         for e in (etas if float(k) > 0 else etas[:1]):
@@ -228,8 +227,6 @@ def evaluate_retrieval(pipe, data, targets=None, n_way: int = 300, n_loops: int 
 
 def plot_control_sweep(sweep: dict, targets, titles=None):
     """Targets on top, one row per ``α`` of :func:`sweep_control_scale`; returns a Figure."""
-    from ..metrics import plot_reconstruction_grid
-
     rows = {f"α = {a:g}": imgs for a, imgs in sweep.items()}
     return plot_reconstruction_grid(rows, targets, n=len(targets), titles=titles)
 
@@ -263,10 +260,6 @@ def swap_grid(pipe, maps_a, maps_b, seed: int = 0, **call_kwargs) -> torch.Tenso
 
 def plot_swap_grid(grid, targets_a, targets_b):
     """Semantic sources along the top, layout sources down the left, swaps inside; returns a Figure."""
-    from ..figures import Figure
-
-    from ..metrics import as_tensor
-
     ta, tb = as_tensor(targets_a, "targets_a"), as_tensor(targets_b, "targets_b")
     na, nb = grid.shape[:2]
     fig = Figure(figsize=(1.3 * (nb + 1), 1.3 * (na + 1) + 0.3))
@@ -344,10 +337,6 @@ def evaluate_reconstructor(pipe, world, subject: str, alphas=(0.0, 1.0), guidanc
         ``num_inference_steps``, ``guidance_scale``;
         ``images``: ``{condition name: (N, 3, H, W)}`` and ``data`` (from :func:`make_test_maps`).
     """
-    import pandas as pd
-
-    from ..metrics import as_tensor, as_uint8, attribute_scores_per_image, evaluate, make_feature_set
-
     data = make_test_maps(pipe, world, subject, n_test)
     if len(data["maps"]) < 2:
         raise InvalidInputError("evaluate_reconstructor needs at least 2 test scans.")

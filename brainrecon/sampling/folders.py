@@ -18,10 +18,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import diffusers
 import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
 
+from ..backbones import load_backbone
+from ..backbones.hub import _transformers_class
 from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, check_device, reading
-from ..io import check_safetensors, read_json
+from ..io import atomic_dir, check_safetensors, read_json, write_json
+from ..models import NeuroPictorModel
 from ..models.index import INDEX_NAME, register_conditioner, resolve_conditioner, write_index  # noqa: F401
 
 __all__ = ["save_reconstructor_folder", "load_reconstructor_folder", "load_reconstructor", "reconstructor_info",
@@ -41,8 +48,6 @@ _FIX = ("Copy the reconstructor folder again from where it came from, or rewrite
 
 def save_reconstructor_folder(pipe, save_directory, save_backbone: bool | None = None) -> Path:
     """Write ``pipe`` to ``save_directory`` atomically (see ``BrainToImagePipeline.save_pretrained``)."""
-    from ..io import atomic_dir, write_json
-
     source = pipe.config.backbone_source
     light = (source == "toy") if save_backbone is None else not save_backbone
     if light and source is None:
@@ -60,7 +65,6 @@ def save_reconstructor_folder(pipe, save_directory, save_backbone: bool | None =
                 part = getattr(pipe, name, None)
                 if part is not None:
                     part.save_pretrained(tmp / name)
-            from safetensors.torch import save_file
 
             save_file({"empty_prompt_embeds": pipe.empty_prompt_embeds.contiguous()},
                       str(tmp / "empty_prompt_embeds.safetensors"))
@@ -105,8 +109,6 @@ def reconstructor_info(path=None) -> dict:
 
 def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | None = None, **overrides):
     """A ``cls`` (``BrainToImagePipeline``) from a light or full reconstructor folder."""
-    from ..models import NeuroPictorModel
-
     device = check_device(device)
     d, settings = _settings(directory)
     cdir = _conditioner_dir(d)
@@ -123,8 +125,6 @@ def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | 
         model = cond_cls.from_pretrained(cdir, use_safetensors=True)
     defaults = {k: overrides.get(k, settings.get(k)) for k in ("guidance_scale", "num_inference_steps", "flatmap")}
     if (d / "backbone.json").is_file():
-        from ..backbones import load_backbone
-
         bb = load_backbone(_resolve_backbone(d, settings.get("backbone")), device=device, dtype=dtype)
         model.to(device or "cpu")
         pipe = cls.from_backbone(bb, model if dtype is None else model.to(dtype), **defaults)
@@ -135,9 +135,6 @@ def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | 
 
 
 def _from_parts(cls, d: Path, model, defaults: dict, settings: dict, device, dtype):
-    import diffusers
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
     need = [d / "unet" / "config.json", d / "vae" / "config.json", d / "scheduler" / "scheduler_config.json"]
     has_te = (d / "text_encoder" / "config.json").is_file()
     if not has_te:
@@ -157,15 +154,9 @@ def _from_parts(cls, d: Path, model, defaults: dict, settings: dict, device, dty
         scheduler = sched.from_pretrained(d / "scheduler")
     text_encoder = tokenizer = empty = None
     if (d / "empty_prompt_embeds.safetensors").is_file():
-        from safetensors.torch import load_file
-
         with reading(d / "empty_prompt_embeds.safetensors", _FIX):
             empty = load_file(str(d / "empty_prompt_embeds.safetensors"))["empty_prompt_embeds"]
     if has_te:
-        from transformers import AutoTokenizer
-
-        from ..backbones.hub import _transformers_class
-
         te_cls = _transformers_class(d / "text_encoder", ("CLIPTextModel", "CLIPTextModelWithProjection"),
                                      "CLIPTextModel")
         with reading(d, _FIX):

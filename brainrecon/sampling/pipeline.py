@@ -29,8 +29,11 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..backbones.hub import TOY_WEIGHTS_DIR
+from ..data.surface import FlatmapProjector
 from ..diffusion import denoise_latents, predict_original_sample
 from ..errors import InvalidInputError, check_choice, check_range
+from ..models.conditioner import INPUT_KINDS, BrainConditioner
 from .folders import (TOY_RECONSTRUCTOR_DIR, load_reconstructor, load_reconstructor_folder,  # noqa: F401 (re-exports)
                       save_reconstructor_folder)
 
@@ -79,7 +82,6 @@ class BrainToImagePipeline(DiffusionPipeline):
                  default_num_inference_steps: int = 50, backbone_source: str | None = None,
                  flatmap: dict | None = None):
         super().__init__()
-        from ..models.conditioner import INPUT_KINDS, BrainConditioner
 
         if not isinstance(conditioner, BrainConditioner) or conditioner.input_kind not in INPUT_KINDS:
             raise InvalidInputError(f"conditioner must be a BrainConditioner (input_kind in {INPUT_KINDS}); got "
@@ -117,8 +119,6 @@ class BrainToImagePipeline(DiffusionPipeline):
         ``guidance_scale`` / ``num_inference_steps`` default to the backbone's ``backbone.json``
         (toy: 5.0 and 25), else the paper's 5.0 and 50.
         """
-        from ..backbones.hub import TOY_WEIGHTS_DIR
-
         meta = getattr(backbone, "metadata", {}) or {}
         path = getattr(backbone, "path", None)
         source = "toy" if path is not None and Path(path).resolve() == TOY_WEIGHTS_DIR else (
@@ -162,8 +162,6 @@ class BrainToImagePipeline(DiffusionPipeline):
 
     def make_projector(self):
         """The :class:`~brainrecon.data.surface.FlatmapProjector` of this reconstructor's maps."""
-        from ..data.surface import FlatmapProjector
-
         if self.config.flatmap is None:
             raise InvalidInputError(f"this reconstructor reads {self.conditioner.input_kind}, not flatmaps: "
                                     "it has no flatmap projector.")

@@ -26,6 +26,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..backbones.hub import load_backbone
+from ..data.nsd import load_nsd
+from ..data.pairs import make_nsd_dataset, make_toy_dataset
+from ..data.surface import FlatmapProjector
+from ..data.toyworld import ToyWorldConfig, make_toyworld
 from ..errors import CheckpointError, DataNotFoundError, InvalidInputError
 
 __all__ = ["StageData", "cache_stage_data", "check_subjects", "require_files", "load_stage_world",
@@ -237,15 +242,11 @@ def load_stage_world(world: str = "toy", toy_preset: str = "default", seed: int 
     (fsaverage surface betas).
     """
     if world == "toy":
-        from ..data.toyworld import ToyWorldConfig, make_toyworld
-
         if toy_preset not in ("default", "smoke"):
             raise InvalidInputError(f"toy_preset must be 'default' or 'smoke'; got {toy_preset!r}.")
         extra = {} if toy_n_test is None else {"n_test": int(toy_n_test)}
         cfg = ToyWorldConfig.smoke(seed=seed, **extra) if toy_preset == "smoke" else ToyWorldConfig(seed=seed, **extra)
         return "toy", make_toyworld(cfg, progress=False)
-    from ..data.nsd import load_nsd
-
     subs = list(subjects) if subjects else [f"subj{i:02d}" for i in range(1, 9)]
     return "nsd", [load_nsd(world, s, space="fsaverage", n_sessions=nsd_sessions) for s in subs]
 
@@ -267,9 +268,6 @@ def make_stage_dataset(source, subjects, split: str, resolution: int, crop, repe
     representation : {"flatmap", "voxels"}
         ``"voxels"``: each subject's own response vectors (``resolution`` and ``crop`` unused).
     """
-    from ..data.pairs import make_nsd_dataset, make_toy_dataset
-    from ..data.surface import FlatmapProjector
-
     proj = FlatmapProjector(resolution, crop=crop) if representation == "flatmap" else None
     if isinstance(source, (list, tuple)):
         chosen = [d for d in source if f"subj{d.subject:02d}" in subjects]
@@ -289,8 +287,6 @@ def resolve_backbone(backbone):
     """A :class:`~brainrecon.backbones.hub.Backbone` from ``"toy"``, a folder, or a Backbone (kept)."""
     if hasattr(backbone, "unet"):
         return backbone
-    from ..backbones.hub import load_backbone
-
     return load_backbone(backbone)
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, check_choice, reading
 from ..io import check_safetensors, read_json, write_json
@@ -232,9 +234,6 @@ def fit(model: torch.nn.Module, loss_fn: Callable, batches, config: FitConfig,
         No checkpoint in ``output_dir`` can be read (an unreadable newest one only warns and
         the one before it is used).
     """
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
-
     check_choice("lr_schedule", config.lr_schedule, ("cosine", "constant"))
     check_choice("mixed_precision", config.mixed_precision, ("no", "fp16", "bf16"))
     cpu = (not torch.cuda.is_available()) if config.cpu is None else bool(config.cpu)

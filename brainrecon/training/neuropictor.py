@@ -42,6 +42,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..io import atomic_dir
+from ..models import CalibratedEncoder, NeuroPictorModel
 from . import cache as sd
 from .neuropictor_objective import train_denoiser
 from .neuropictor_scores import score_encoder
@@ -183,8 +184,6 @@ def pretrain_encoder(config: EncoderPretrainConfig, *, world=None, callbacks=())
         ``config.output_dir`` with ``encoder/`` (decoder kept), ``config.json``, ``metrics.json``
         (held-out r / MSE vs the training mean map), ``history.json``, ``run.json``.
     """
-    from ..models import CalibratedEncoder
-
     cfg = config
     with RunContext(cfg, "pretrain_encoder", world, callbacks) as run:
         subjects = run.subjects(cfg.subjects, cfg.exclude_subjects)
@@ -219,8 +218,6 @@ def pretrain_encoder(config: EncoderPretrainConfig, *, world=None, callbacks=())
 # =============================================================================== stages ii, iii
 def _load_encoder(cfg, run):
     """Stage-i encoder (decoder dropped) and the flatmap settings it was trained on."""
-    from ..models import CalibratedEncoder
-
     if cfg.encoder_dir is None:
         arch = EncoderPretrainConfig.default()
         res = cfg.resolution or arch.resolution
@@ -256,8 +253,6 @@ def pretrain_multisubject(config: MultisubjectConfig, *, world=None, backbone=No
         ``config.output_dir`` with ``model/`` (``NeuroPictorModel.save_pretrained``),
         ``backbone.json``, ``config.json``, ``metrics.json``, ``history.json``, ``run.json``.
     """
-    from ..models import NeuroPictorModel
-
     cfg = config
     with RunContext(cfg, "pretrain_multisubject", world, callbacks) as run:
         encoder, res, crop = _load_encoder(cfg, run)
@@ -294,8 +289,6 @@ def refine_subject(config: RefineConfig, *, world=None, backbone=None, callbacks
         flatmap settings: enough to rebuild the reconstructor), ``config.json``,
         ``metrics.json`` (held-out scans of ``subject``), ``history.json``, ``run.json``.
     """
-    from ..models import NeuroPictorModel
-
     cfg = config
     if not 0 < cfg.train_fraction <= 1:
         raise InvalidInputError(f"train_fraction must be in (0, 1]; got {cfg.train_fraction}.")

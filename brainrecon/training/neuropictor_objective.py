@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from torch import nn
 
 from . import cache as sd
@@ -163,8 +164,6 @@ def train_denoiser(run, cfg, model, train, test, backbone, tag: int):
     -------
     (NeuroPictorModel, dict of FitResult by phase, dict of held-out figures)
     """
-    from diffusers import DDPMScheduler
-
     unet = backbone.unet.to(run.device).eval().requires_grad_(False)
     sched = DDPMScheduler.from_config(backbone.scheduler.config)
     if cfg.gradient_checkpointing:

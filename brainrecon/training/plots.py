@@ -13,6 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.surface import FlatmapProjector, plot_flatmap
+from ..figures import Figure
+from ..models import CalibratedEncoder
+
 __all__ = ["plot_rebuilt_flatmaps", "plot_stage_losses", "plot_denoising_scores", "load_stage_history",
            "rebuild_flatmaps"]
 
@@ -20,8 +24,6 @@ __all__ = ["plot_rebuilt_flatmaps", "plot_stage_losses", "plot_denoising_scores"
 @torch.no_grad()
 def rebuild_flatmaps(stage_dir, maps) -> torch.Tensor:
     """Maps rebuilt from the guide token alone by a stage-i encoder folder, ``(N, 1, H, W)``."""
-    from ..models import CalibratedEncoder
-
     enc = CalibratedEncoder.from_pretrained(Path(stage_dir) / "encoder", use_safetensors=True).eval()
     return enc(torch.as_tensor(maps).float(), mask_ratio=0.0)[1]
 
@@ -44,10 +46,6 @@ def plot_rebuilt_flatmaps(stage_dir, maps, n: int = 4, titles=None):
     -------
     matplotlib.figure.Figure
     """
-    from ..figures import Figure
-
-    from ..data.surface import FlatmapProjector, plot_flatmap
-
     conf = json.loads((Path(stage_dir) / "config.json").read_text())
     proj = FlatmapProjector(conf["resolution"], crop=conf["crop"])
     maps = torch.as_tensor(np.asarray(maps))[:n].float()
@@ -94,8 +92,6 @@ def plot_stage_losses(stage_dirs, keys=("loss",), window: int = 25, title=None):
     -------
     matplotlib.figure.Figure
     """
-    from ..figures import Figure
-
     if not isinstance(stage_dirs, dict):
         stage_dirs = {Path(stage_dirs).name: stage_dirs}
     fig = Figure(figsize=(4.5 * len(keys), 3.4), layout="constrained")
@@ -142,8 +138,6 @@ def plot_denoising_scores(stage_dirs, title=None):
     -------
     matplotlib.figure.Figure
     """
-    from ..figures import Figure
-
     if not isinstance(stage_dirs, dict):
         stage_dirs = {Path(stage_dirs).name: stage_dirs}
     scores = {k: json.loads((Path(d) / "metrics.json").read_text()) for k, d in stage_dirs.items()}

@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
+from ..backbones.hub import TOY_WEIGHTS_DIR
 from ..errors import CheckpointError, InvalidInputError, check_choice
 from ..io import write_json
 from . import cache as sd
@@ -134,8 +136,6 @@ class RunContext:
 
     # ------------------------------------------------------------------ enter / exit
     def __enter__(self) -> "RunContext":
-        from accelerate import PartialState
-
         cfg = self.config
         self._threads = torch.get_num_threads()
         if cfg.threads:
@@ -182,8 +182,6 @@ class RunContext:
 
     def backbone(self, backbone=None):
         """The backbone (loaded from ``config.backbone`` unless given), frozen, on the device."""
-        from ..backbones.hub import TOY_WEIGHTS_DIR
-
         bb = sd.resolve_backbone(backbone if backbone is not None else self.config.backbone)
         path = Path(bb.path).resolve() if bb.path is not None else None
         self.backbone_name = "toy" if path in (None, TOY_WEIGHTS_DIR.resolve()) else str(path)

@@ -22,15 +22,24 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
+from diffusers import AutoencoderKL, DDPMScheduler
 from torch import nn
+from transformers import CLIPTextModelWithProjection
 
-from ..io import atomic_dir, write_json
-from .loop import FitConfig, fit
+from ..backbones.attributes import AttributeClassifier, attribute_loss
+from ..backbones.hub import _CLIP_MEAN, _CLIP_STD, load_backbone
 from ..backbones.toy import (ToyBackboneConfig, make_toy_image_encoder, make_toy_scheduler, make_toy_text_encoder,
                   make_toy_tokenizer, make_toy_unet, make_toy_vae)
+from ..data.scenes import (CATEGORIES, COLOURS, PLACE_WORDS, caption_attributes, make_scenes, render_category_maps,
+                           swap_caption_word)
+from ..io import atomic_dir, write_json
+from ..metrics.backbones import evaluate_backbone
+from .loop import FitConfig, fit
 
 __all__ = ["train_toy_backbones"]
 
@@ -51,15 +60,11 @@ class _ClipPair(nn.Module):
         self.text, self.vision = text, vision
         self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
         if attribute_heads:        # training-only (clip_attribute_weight): category, colour, place
-            from ..data.scenes import CATEGORIES, COLOURS, PLACE_WORDS
-
             width = text.config.hidden_size
             self.heads = nn.ModuleList([nn.Linear(width, len(k)) for k in (CATEGORIES, COLOURS, PLACE_WORDS)])
 
 
 def _clip_pixels(x: torch.Tensor) -> torch.Tensor:
-    from ..backbones.hub import _CLIP_MEAN, _CLIP_STD
-
     mean = torch.tensor(_CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(_CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -97,8 +102,6 @@ def _hard_negative_ids(cfg, data, idx, step: int) -> torch.Tensor:
     their category word were 3.5× closer than of two that differ in colour). A caption with only
     its category word swapped can be told from the true one by shape alone.
     """
-    from ..data.scenes import swap_caption_word
-
     kinds = HARD_NEGATIVES[:int(cfg.clip_hard_negatives)]
     if not kinds:
         return torch.zeros(0, data["ids"].shape[1], dtype=data["ids"].dtype)
@@ -121,8 +124,6 @@ def _train_clip(cfg, data, out: Path) -> dict:
     pick = _sampler(len(data["images"]), cfg.clip_batch_size, cfg.seed, 1)
     images, ids = data["images"], data["ids"]
     if w_attr > 0:
-        from ..data.scenes import caption_attributes
-
         said = caption_attributes(data["captions"])
         attrs = torch.from_numpy(np.stack([said["category"], said["colour"], said["place"]], 1))
 
@@ -174,9 +175,6 @@ def _train_attributes(cfg, data, out: Path, judge: str = "a") -> dict:
     batches: half rendered, half the VAE's reconstructions (no blur). A generator figure that
     both judges agree on does not rest on one network's quirks.
     """
-    from ..data.scenes import CATEGORIES, COLOURS
-    from ..backbones.attributes import AttributeClassifier, attribute_loss
-
     if judge == "b":
         data = _judge_b_data(cfg)
         channels, steps, seed, f_vae, f_blur = cfg.judge_b_channels, cfg.judge_b_steps, cfg.judge_b_seed, 0.5, 0.0
@@ -217,8 +215,6 @@ def _train_attributes(cfg, data, out: Path, judge: str = "a") -> dict:
 
 
 def _judge_b_data(cfg) -> dict:
-    from ..data.scenes import make_scenes
-
     sc = make_scenes(cfg.n_train, image_size=cfg.image_size, seed=cfg.judge_b_seed)
     return {"images": torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous(),
             "category": torch.from_numpy(sc.category), "colour": torch.from_numpy(sc.colour),
@@ -235,8 +231,6 @@ class _VaeWithHead(nn.Module):
 
 
 def _train_vae(cfg, data, out: Path) -> dict:
-    from ..data.scenes import CATEGORIES
-
     vae = make_toy_vae(cfg.image_size, tuple(cfg.vae_channels), cfg.vae_latent_channels)
     pick = _sampler(len(data["images"]), cfg.vae_batch_size, cfg.seed, 3)
     images = data["images"]
@@ -297,8 +291,6 @@ def _train_vae_decoder(cfg, data, out: Path) -> dict:
     what ``decode_latents`` draws gets sharper (Stable Diffusion's ``sd-vae-ft-mse`` did the same
     for SD's VAE).
     """
-    from diffusers import AutoencoderKL
-
     if cfg.vae_decoder_steps <= 0:
         return {"steps": 0, "skipped": True}
     config = {k: v for k, v in AutoencoderKL.load_config(out / "vae").items() if k != "_name_or_path"}
@@ -339,8 +331,6 @@ def _train_vae_decoder(cfg, data, out: Path) -> dict:
 @torch.no_grad()
 def _decode_all(vae_dir, images_u8: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The VAE's reconstructions (posterior mean, decoded) of uint8 images, as uint8."""
-    from diffusers import AutoencoderKL
-
     vae = AutoencoderKL.from_pretrained(vae_dir, use_safetensors=True).eval()
     mean = _encode_all(vae, images_u8, batch_size)
     out = [vae.decode(mean[i:i + batch_size]).sample for i in range(0, len(mean), batch_size)]
@@ -356,9 +346,6 @@ def _encode_all(vae, images_u8: torch.Tensor, batch_size: int = 256):
 
 
 def _train_unet(cfg, data, out: Path) -> dict:
-    from diffusers import AutoencoderKL, DDPMScheduler
-    from transformers import CLIPTextModelWithProjection
-
     vae = AutoencoderKL.from_pretrained(out / "vae", use_safetensors=True).eval()
     text = CLIPTextModelWithProjection.from_pretrained(out / "text_encoder", use_safetensors=True).eval().requires_grad_(False)
     mean = _encode_all(vae, data["images"])
@@ -396,8 +383,6 @@ def _train_unet(cfg, data, out: Path) -> dict:
 
 # ------------------------------------------------------------------------------- driver
 def _load_data(cfg: ToyBackboneConfig, tokenizer) -> dict:
-    from ..data.scenes import make_scenes, render_category_maps
-
     sc = make_scenes(cfg.n_train, image_size=cfg.image_size, seed=cfg.seed)
     maps = torch.from_numpy(render_category_maps(sc)) if cfg.vae_semantic_weight > 0 else None
     ids = tokenizer(sc.captions, padding="max_length", max_length=tokenizer.model_max_length,
@@ -412,9 +397,6 @@ def _load_data(cfg: ToyBackboneConfig, tokenizer) -> dict:
 
 
 def _write_metadata(cfg: ToyBackboneConfig, out: Path) -> None:
-    import diffusers
-    import transformers
-
     write_json(out / "model_index.json", {
         "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
         "feature_extractor": [None, None], "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
@@ -492,9 +474,6 @@ def train_toy_backbones(config: ToyBackboneConfig | None = None, output_dir="bra
                   "threads": torch.get_num_threads(), "platform": platform.platform(),
                   "python": platform.python_version()}
         if evaluate:
-            from ..backbones.hub import load_backbone
-            from ..metrics.backbones import evaluate_backbone
-
             te = time.perf_counter()
             bb = load_backbone(out)
             metrics = evaluate_backbone(bb, n_eval=cfg.n_eval, n_retrieval=cfg.n_retrieval,

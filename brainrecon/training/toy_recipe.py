@@ -30,8 +30,12 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.hub import load_backbone
+from ..data.toyworld import ToyWorldConfig, make_toyworld
 from ..errors import InvalidInputError, check_choice, check_range
 from ..io import atomic_dir, check_output_dir, write_json
+from ..models.index import write_index
+from ..models.neuropictor import NeuroPictorModel
 from .neuropictor import (EncoderPretrainConfig, MultisubjectConfig, RefineConfig, pretrain_encoder,
                      pretrain_multisubject, refine_subject)
 
@@ -49,9 +53,6 @@ def ship_reconstructor(run_dir, dest) -> Path:
     The stage's ``model/`` becomes ``conditioner/`` beside a ``model_index.json`` naming its class
     (:mod:`brainrecon.models.index`); ``backbone.json`` and the run's records come along.
     """
-    from ..models.index import write_index
-    from ..models.neuropictor import NeuroPictorModel
-
     run_dir, dest = Path(run_dir), Path(dest)
     with atomic_dir(dest) as d:
         shutil.copytree(run_dir / "model", d / "conditioner")
@@ -104,9 +105,6 @@ def train_toy_reconstructor(out="runs/neuropictor_toy", preset: str = "default",
         Any argument is wrong (an unknown subject, a fraction outside (0, 1], an output folder
         that cannot be written...); every one is checked before anything is built or written.
     """
-    from ..backbones.hub import load_backbone
-    from ..data.toyworld import ToyWorldConfig, make_toyworld
-
     check_choice("preset", preset, ("default", "smoke"))
     world_config = ToyWorldConfig.smoke() if preset == "smoke" else ToyWorldConfig()
     world_config.check_subject(subject, "subject")
