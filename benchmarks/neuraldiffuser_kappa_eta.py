@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from brainrecon.backbones import load_backbone
-from brainrecon.data.toyworld import ToyWorldConfig, make_toyworld
 from brainrecon.metrics import plot_reconstruction_grid
 from brainrecon.plotting import save_figure
 from brainrecon.sampling import evaluate_retrieval, load_reconstructor, make_test_maps, sweep_feature_guidance
+from brainrecon.training.cache import load_stage_world
 
 
 def main(argv=None):
@@ -40,8 +40,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     cfg = json.loads((run / "config.json").read_text())
-    extra = {} if cfg.get("toy_n_test") is None else {"n_test": int(cfg["toy_n_test"])}
-    world = make_toyworld(ToyWorldConfig(seed=int(cfg.get("seed", 0)), **extra), progress=False)
+    _, world = load_stage_world("toy", cfg.get("toy_preset", "default"), int(cfg.get("seed", 0)),
+                                toy_n_test=cfg.get("toy_n_test"))
     pipe = load_reconstructor(run / "reconstructor")
     pipe.conditioner.attach_backbone(load_backbone("toy"))
     pipe.set_progress_bar_config(disable=True)

@@ -418,9 +418,6 @@ class NeuralDiffuserModel(BrainConditioner, ModelMixin):
         """Brain and image embeddings of the deepest guided image-encoder layer ``l``: the projection
         of ``f_g^l`` (trained against the image features by Eq. 1–2) and the flattened hidden states
         of the seen images at ``l`` (``Backbone.encode_image_features``; the backbone attached)."""
-        if not self.feature_decoders:
-            raise InvalidInputError("this NeuralDiffuserModel has no feature decoders, whose projections are its "
-                                    "retrieval embeddings; train it with feature_layers.")
         if not self._backbone:
             raise InvalidInputError("attach a backbone first (model.attach_backbone(bb)): the image side of "
                                     "retrieval is its image encoder's features.")
@@ -428,11 +425,21 @@ class NeuralDiffuserModel(BrainConditioner, ModelMixin):
         imgs = torch.as_tensor(images).float()
         if len(imgs) != len(x):
             raise InvalidInputError(f"{len(x)} scans but {len(imgs)} images; they must pair up.")
-        bb, k = self._backbone[0], max(int(k) for k in self.feature_decoders)
-        dev = next(self.parameters()).device
-        brain = self.feature_decoders[str(k)](self.voxel_encoder(x.to(dev), self.subject)).projection
+        k, brain = self.brain_embeddings(x)
+        bb = self._backbone[0]
         image = bb.encode_image_features(bb.resize(imgs.to(bb.device)), layers=(k,))[k].flatten(1)
-        return brain.float().cpu(), image.float().cpu()
+        return brain, image.float().cpu()
+
+    @torch.no_grad()
+    def brain_embeddings(self, scans: torch.Tensor) -> tuple:
+        """``(l, (B, D))``: the deepest feature decoder's layer and its contrastive projection of the
+        scans, the brain side of :meth:`retrieval_embeddings`."""
+        if not self.feature_decoders:
+            raise InvalidInputError("this NeuralDiffuserModel has no feature decoders, whose projections are its "
+                                    "retrieval embeddings; train it with feature_layers.")
+        k = max(int(k) for k in self.feature_decoders)
+        x = self.prepare_scans(scans, "scans").to(next(self.parameters()).device)
+        return k, self.feature_decoders[str(k)](self.voxel_encoder(x, self.subject)).projection.float().cpu()
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory) -> Path:

@@ -182,7 +182,7 @@ def _evaluate(model, data: StageData, subject: str, n: int, train_latents: torch
         out["chance_top1"] = 1 / len(sim)
         # the field's protocol (MindEye; the evaluation suite's): the deepest decoder's contrastive
         # projection against the image features, 30 draws of min(300, N) candidates, both directions
-        brain = model.feature_decoders[str(k)](model.voxel_encoder(v, subject)).projection
+        _, brain = model.brain_embeddings(v)
         rr = retrieval(brain.numpy(), data.features[k][r].float().flatten(1).numpy(), 300, 30)
         out["retrieval"] = {"image_retrieval": rr["fwd"], "brain_retrieval": rr["bwd"], "n_way": rr["n_way"],
                             "chance": rr["chance"], "image_retrieval_ci": list(rr["fwd_ci"]),

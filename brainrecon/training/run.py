@@ -150,7 +150,7 @@ class RunContext:
         else:
             wanted = getattr(cfg, "subjects", None) or ([cfg.subject] if hasattr(cfg, "subject") else None)
             self.kind, self.source = sd.load_stage_world(cfg.world, cfg.toy_preset, cfg.seed, wanted,
-                                                         cfg.nsd_sessions, getattr(cfg, "toy_n_test", None))
+                                                         cfg.nsd_sessions, cfg.toy_n_test)
         self.out.mkdir(parents=True, exist_ok=True)
         self.backbone_name = None
         return self
