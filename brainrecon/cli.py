@@ -1,17 +1,26 @@
 """The ``brainrecon`` command line.
 
 Every subcommand is a thin wrapper over a public function, so anything the command line
-does can also be done (and explored) from Python or a notebook. Imports are lazy so that
-``brainrecon --help`` answers at once. Every argument is checked before any work starts; a
-bad one prints brainrecon's message (what is wrong, how to fix it) and exits with code 2.
+does can also be done (and explored) from Python or a notebook. The heavy imports (torch, the
+models) are made inside each command so that ``brainrecon --help`` answers at once. Every
+argument is checked before any work starts; a bad one prints brainrecon's message (what is
+wrong, how to fix it) and exits with code 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
+
+from . import __version__
+from .errors import BrainreconError, DataNotFoundError, check_range
+from .io import check_output_dir
 
 __all__ = ["main", "build_parser"]
 
@@ -32,6 +41,7 @@ examples:
   brainrecon card nsd                               how to lay out NSD for brainrecon
   brainrecon info                                   versions and what brainrecon can find
   brainrecon demo --out demo-out                    NeuroPictor on held-out toy scans: alpha sweep, swap, report
+  brainrecon demo --method neuraldiffuser           NeuralDiffuser: feature guidance kappa x eta, retrieval
   brainrecon evaluate runs/recon                    the field's metrics on a results folder
   brainrecon train neuropictor --out runs/np         NeuroPictor stages i-iii in the toy world
   brainrecon train neuraldiffuser --out runs/nd      NeuralDiffuser's decoders (toy world)
@@ -102,17 +112,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device for the networks (default: %(default)s)")
 
     p = sub.add_parser(
-        "demo", formatter_class=fmt, help="reconstruct held-out toy scans with the shipped NeuroPictor reconstructor",
+        "demo", formatter_class=fmt, help="reconstruct held-out toy scans with a shipped reconstructor",
         description=textwrap.dedent("""\
-            Load a NeuroPictor reconstructor (default: the shipped toy one in
-            brainrecon/weights/neuropictor_toy), rebuild its toy world, reconstruct a subject's
-            held-out shared test scans, sweep the control scale alpha, show a semantic swap, and
+            Load a reconstructor (default: the shipped toy one of --method, in
+            brainrecon/weights/), rebuild its toy world and reconstruct a subject's held-out
+            shared test scans.
+
+            neuropictor (default): sweep the control scale alpha, show a semantic swap, and
             write OUT/reconstructions.png, alpha_sweep.png, swap_grid.png, figures.csv,
             report.json (alpha=1 vs 0, CFG 0 vs default, swap figures) and results/ (for
-            `brainrecon evaluate`). About a minute on 2 CPU cores (toy world)."""))
+            `brainrecon evaluate`). About a minute on 2 CPU cores (toy world).
+
+            neuraldiffuser: Algorithm 1 (img2img from the decoded latent at strength 0.75, CFG
+            on the decoded text condition) at feature-guidance scales kappa 0, 1e-3, 1e-2 and
+            strengths eta 0.2, 1 (the paper's Tab. 2), beside the training-mean-image and
+            shuffled-scan baselines, plus brain <-> image retrieval; writes
+            OUT/reconstructions.png, kappa_eta.png, report.json and results/ (kappa 1e-2,
+            eta 0.2)."""))
     p.add_argument("--out", default="brainrecon-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--method", choices=("neuropictor", "neuraldiffuser"), default=None,
+                   help="which shipped reconstructor (default neuropictor); with --reconstructor, "
+                        "the folder's own method (a different --method is refused)")
     p.add_argument("--reconstructor", default=None, metavar="PATH",
-                   help="reconstructor folder (model/ + backbone.json); default the shipped toy one")
+                   help="reconstructor folder (model_index.json, conditioner/, backbone.json); default the "
+                        "shipped toy one")
     p.add_argument("--subject", default=None, help="toy subject (default: the reconstructor's)")
     p.add_argument("--n-test", dest="n_test", type=int, default=24, help="test scans scored (default: %(default)s)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the reconstructor's)")
@@ -150,11 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
             Multi-subject pre-training of the voxel encoders and the text / latent / image-feature
             decoders on every subject but SUBJECT, then fine-tuning on SUBJECT
             (brainrecon.training.train_neuraldiffuser). Writes OUT/reconstructor/ (load it with
-            brainrecon.sampling.load_reconstructor) and OUT/metrics.json; rerunning resumes."""))
+            brainrecon.sampling.load_reconstructor) and OUT/metrics.json; rerunning resumes.
+            The shipped brainrecon/weights/neuraldiffuser_toy is the default preset's run, shipped
+            with --ship-to (about 5 min on one CPU thread)."""))
     t.add_argument("--out", default="runs/neuraldiffuser_toy", help="output folder (default: %(default)s)")
     t.add_argument("--preset", choices=("default", "smoke"), default="default",
                    help="'default': the toy recipe; 'smoke': seconds")
     t.add_argument("--subject", default="subj01")
+    t.add_argument("--ship-to", dest="ship_to", default=None, metavar="DIR",
+                   help="copy the reconstructor here with only SUBJECT's voxel encoder (ship_neuraldiffuser)")
     t.add_argument("--threads", type=int, default=1)
 
     p = sub.add_parser(
@@ -190,15 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__
-
         print(__version__)
         return 0
     if args.command is None:
         parser.print_help()
         return 0
-    from .errors import BrainreconError
-
     try:
         return _COMMANDS[args.command](args) or 0
     except BrainreconError as err:
@@ -211,16 +234,11 @@ TOYWORLD_RESOLUTIONS = (64, 256)
 
 
 def _check_seed(seed) -> None:
-    from .errors import check_range
-
     if seed is not None:
         check_range("--seed", seed, 0)
 
 
 def _cmd_toyworld(args) -> int:
-    from .errors import check_range
-    from .io import check_output_dir
-
     check_range("--resolution", args.resolution, *TOYWORLD_RESOLUTIONS)
     _check_seed(args.seed)
     check_output_dir(args.out, "--out")
@@ -229,8 +247,6 @@ def _cmd_toyworld(args) -> int:
 
     config = ToyWorldConfig.smoke() if args.preset == "smoke" else ToyWorldConfig()
     if args.seed is not None:
-        from dataclasses import replace
-
         config = replace(config, seed=args.seed)
     out = Path(args.out)
     world = make_toyworld(config, progress=True)
@@ -252,12 +268,7 @@ def _cmd_card(args) -> int:
 
 
 def _cmd_info(args) -> int:
-    import os
-    import platform
-
     import torch
-
-    from . import __version__
 
     info = {
         "brainrecon": __version__,
@@ -280,8 +291,6 @@ def _cmd_backbones(args) -> int:
     if args.backbones_command != "train":
         build_parser().parse_args(["backbones", "--help"])
         return 0
-    from .io import check_output_dir
-
     _check_seed(args.seed)
     check_output_dir(args.out, "--out")
     from .backbones.toy import ToyBackboneConfig
@@ -289,8 +298,6 @@ def _cmd_backbones(args) -> int:
 
     config = ToyBackboneConfig.quick() if args.preset == "quick" else ToyBackboneConfig.default()
     if args.seed is not None:
-        from dataclasses import replace
-
         config = replace(config, seed=args.seed)
     out = train_toy_backbones(config, output_dir=args.out)
     print(f"wrote {out}")
@@ -308,7 +315,13 @@ def _cmd_demo(args) -> int:
 
     report = write_demo_report(args.out, reconstructor=args.reconstructor, subject=args.subject,
                                n_test=args.n_test, num_inference_steps=args.steps, seed=args.seed,
-                               world_preset=args.world, threads=args.threads)
+                               world_preset=args.world, threads=args.threads, method=args.method)
+    if report["method"] == "neuraldiffuser":
+        print(json.dumps({"kappa_eta": report["kappa_eta"], "baselines": report["baselines"],
+                          "retrieval": report["retrieval"]}, indent=2))
+        print(f"wrote {args.out}/ (reconstructions.png, kappa_eta.png, report.json, results/) "
+              f"in {report['seconds']:.0f} s")
+        return 0
     a, g, s = report["alpha"], report["guidance"], report["swap"]
     print(json.dumps({"alpha": a, "guidance": g, "swap": s}, indent=2))
     print(f"wrote {args.out}/ (reconstructions.png, alpha_sweep.png, swap_grid.png, report.json) "
@@ -318,11 +331,13 @@ def _cmd_demo(args) -> int:
 
 def _cmd_train(args) -> int:
     if args.train_command == "neuraldiffuser":
-        from .training.neuraldiffuser import NeuralDiffuserConfig, train_neuraldiffuser
+        from .training.neuraldiffuser import NeuralDiffuserConfig, ship_neuraldiffuser, train_neuraldiffuser
 
         make = getattr(NeuralDiffuserConfig, args.preset)
         out = train_neuraldiffuser(make(output_dir=args.out, subject=args.subject, threads=args.threads))
         print(f"wrote {out}/ (reconstructor/, metrics.json, run.json)")
+        if args.ship_to:
+            print(f"shipped {ship_neuraldiffuser(out, args.ship_to)}/ (the subject's voxel encoder only)")
         return 0
     if args.train_command != "neuropictor":
         build_parser().parse_args(["train", "--help"])
@@ -337,8 +352,6 @@ def _cmd_train(args) -> int:
 
 
 def _serve(cmd: list[str], print_command: bool) -> int:
-    import subprocess
-
     if print_command:
         print(" ".join(cmd))
         return 0
@@ -349,8 +362,6 @@ def _serve(cmd: list[str], print_command: bool) -> int:
 
 
 def _check_port(port) -> None:
-    from .errors import check_range
-
     check_range("--port", port, 1024, 65535)
 
 
@@ -362,9 +373,6 @@ def _cmd_lab(args) -> int:
 
 
 def _cmd_explore(args) -> int:
-    from .errors import DataNotFoundError, check_range
-    from .io import check_output_dir
-
     _check_port(args.port)
     check_range("--n-test", args.n_test, 1)
     if args.steps is not None:

@@ -52,7 +52,7 @@ def test_demo_names_a_missing_reconstructor(tmp_path, capsys, monkeypatch):
     assert str(missing) in err and "never downloads" in err and not (tmp_path / "o").exists()
     import brainrecon.sampling.folders as folders
 
-    monkeypatch.setattr(folders, "TOY_RECONSTRUCTOR_DIR", tmp_path / "not-shipped")
+    monkeypatch.setitem(folders.SHIPPED_RECONSTRUCTORS, "neuropictor", tmp_path / "not-shipped")
     assert main(["demo", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "shipped toy reconstructor" in err and str(tmp_path / "not-shipped") in err
+    assert "shipped toy neuropictor reconstructor" in err and str(tmp_path / "not-shipped") in err

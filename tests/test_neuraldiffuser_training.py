@@ -64,3 +64,47 @@ def test_the_cli_trains_it(tmp_path, capsys):
     assert main(["train", "neuraldiffuser", "--preset", "smoke", "--out", str(tmp_path / "cli")]) == 0
     assert "reconstructor/" in capsys.readouterr().out
     assert (tmp_path / "cli" / "reconstructor" / "model_index.json").is_file()
+
+
+def test_shipping_keeps_only_the_subjects_encoder_and_the_same_reconstructions(run, tmp_path):
+    from brainrecon.sampling import load_reconstructor
+    from brainrecon.training.neuraldiffuser import ship_neuraldiffuser
+
+    shipped = ship_neuraldiffuser(run, tmp_path / "shipped")
+    assert {p.name for p in shipped.iterdir()} >= {"model_index.json", "backbone.json", "conditioner", "metrics.json"}
+    a, b = load_reconstructor(run / "reconstructor"), load_reconstructor(shipped)
+    assert b.conditioner.voxel_encoder.subjects == ["subj01"] and len(a.conditioner.voxel_encoder.subjects) == 3
+    v = torch.randn(2, a.map_shape[0])
+    kw = dict(strength=0.75, num_inference_steps=4, feature_guidance_scale=1e-3, output_type="pt")
+    for p in (a, b):
+        p.set_progress_bar_config(disable=True)
+    img_a = a(v, generator=[torch.Generator().manual_seed(i) for i in range(2)], **kw).images
+    img_b = b(v, generator=[torch.Generator().manual_seed(i) for i in range(2)], **kw).images
+    assert torch.equal(img_a, img_b)
+    with pytest.raises(Exception, match="reconstructor"):
+        ship_neuraldiffuser(tmp_path / "no-run", tmp_path / "x")
+
+
+def test_the_demo_runs_feature_guidance_with_baselines_and_retrieval(run, tmp_path, capsys):
+    from brainrecon.cli import main
+    from brainrecon.metrics import load_results
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--reconstructor", str(run / "reconstructor"), "--world", "smoke", "--n-test", "6",
+            "--steps", "4", "--out", str(out)]
+    assert main(argv) == 0
+    assert "kappa_eta" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "neuraldiffuser" and report["n_test"] == 6 and report["strength"] == 0.75
+    assert [(r["kappa"], r["eta"]) for r in report["kappa_eta"]] == [
+        (0.0, None), (1e-3, 0.2), (1e-3, 1.0), (1e-2, 0.2), (1e-2, 1.0)]
+    assert set(report["baselines"]) == {"mean_image", "shuffled_scan"}
+    assert report["retrieval"]["n_way"] == 6 and 0 <= report["retrieval"]["image_retrieval"] <= 1
+    for name in ("reconstructions.png", "kappa_eta.png"):
+        assert (out / name).stat().st_size > 5000
+    res = load_results(out / "results")
+    assert len(res) == 6 and res.meta["method"] == "neuraldiffuser"
+    assert res.meta["extra"]["feature_guidance_scale"] == 1e-2
+    # a NeuralDiffuser folder asked for as NeuroPictor is refused before anything runs
+    assert main(argv[:-1] + [str(tmp_path / "d2"), "--method", "neuropictor"]) == 2
+    assert "holds a neuraldiffuser reconstructor" in capsys.readouterr().err and not (tmp_path / "d2").exists()

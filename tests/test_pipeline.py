@@ -276,6 +276,6 @@ def test_errors_name_what_is_wrong(env, tmp_path, monkeypatch):
         load_reconstructor(tmp_path / "half")
     import brainrecon.sampling.folders as mod
 
-    monkeypatch.setattr(mod, "TOY_RECONSTRUCTOR_DIR", tmp_path / "not-shipped")
-    with pytest.raises(DataNotFoundError, match="shipped toy reconstructor"):
+    monkeypatch.setitem(mod.SHIPPED_RECONSTRUCTORS, "neuropictor", tmp_path / "not-shipped")
+    with pytest.raises(DataNotFoundError, match="shipped toy neuropictor reconstructor"):
         load_reconstructor()

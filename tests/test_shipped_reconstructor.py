@@ -29,3 +29,26 @@ def test_shipped_llmn_reads_the_scan():
     m = score_denoiser(pipe.conditioner, backbone.unet, sched, test, test.text_table.float().mean(0), n=50, draws=2)
     assert m["noise_mse_shuffled_scan"] > 1.025 * m["noise_mse"]   # shipped: +5.0 % (first fix: +1.2 %)
     assert m["semantic_cos"] > m["semantic_cos_baseline"] + 0.1        # and the semantic pathway reads it too
+
+
+def test_shipped_neuraldiffuser_reads_the_scans_as_its_card_says():
+    """``brainrecon/weights/neuraldiffuser_toy``: small, one subject's encoder, and on the default world's
+    held-out scans its retrieval is what its metrics.json (and data_cards/neuraldiffuser_toy.md) report."""
+    import json
+
+    from brainrecon.data.toyworld import ToyWorldConfig, make_toyworld
+    from brainrecon.sampling import SHIPPED_RECONSTRUCTORS, evaluate_retrieval, load_reconstructor, make_test_maps
+
+    folder = SHIPPED_RECONSTRUCTORS["neuraldiffuser"]
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 25e6                                                  # the issue's limit (9.5 MB)
+    pipe = load_reconstructor(method="neuraldiffuser")
+    assert pipe.conditioner.voxel_encoder.subjects == ["subj01"] and pipe.info["method"] == "neuraldiffuser"
+    recorded = json.loads((folder / "metrics.json").read_text())
+    test = make_test_maps(pipe, make_toyworld(ToyWorldConfig(), progress=False), "subj01")
+    r = evaluate_retrieval(pipe, test)
+    assert r["n_way"] == 100 and r["image_retrieval"] > 20 * r["chance"] and r["brain_retrieval"] > 20 * r["chance"]
+    assert r["image_retrieval"] == pytest.approx(recorded["retrieval"]["image_retrieval"], abs=1e-6)
+    assert r["brain_retrieval"] == pytest.approx(recorded["retrieval"]["brain_retrieval"], abs=1e-6)
+    for part in ("text", "latent", "feature_3"):        # every decoder beats both baselines
+        assert recorded[part]["error"] < 0.8 * min(recorded[part]["mean_baseline"], recorded[part]["shuffled_scan"])

@@ -33,8 +33,8 @@ class BrainConditioner:
     """Mixin that makes a method's model usable by ``BrainToImagePipeline`` (see the module text).
 
     Subclasses set :attr:`input_kind` and implement :meth:`input_shape`, :meth:`encode_scans` and
-    :meth:`unet_inputs`; :meth:`initial_latents`, :meth:`feature_targets` and
-    :attr:`callback_tensors` have neutral defaults.
+    :meth:`unet_inputs`; :meth:`initial_latents`, :meth:`feature_targets`, :meth:`attach_backbone`,
+    :meth:`retrieval_embeddings` and :attr:`callback_tensors` have neutral defaults.
     """
 
     #: ``"flatmap"`` or ``"voxels"``.
@@ -98,6 +98,12 @@ class BrainConditioner:
             The empty caption's text features (the unconditional context).
         """
         raise NotImplementedError
+
+    def attach_backbone(self, backbone):
+        """Hand the conditioner the loaded backbone (what guidance or retrieval reads, e.g. its image
+        encoder); never saved with it. :func:`~brainrecon.sampling.load_reconstructor` calls it on
+        light folders. The default keeps nothing; returns self."""
+        return self
 
     def initial_latents(self, state: dict) -> torch.Tensor | None:
         """Clean latents img2img starts from (``None``: sampling starts from noise)."""

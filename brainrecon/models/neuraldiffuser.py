@@ -93,6 +93,19 @@ class VoxelEncoder(ModelMixin, ConfigMixin):
         self.linears[subject] = nn.Linear(int(n_voxels), int(self.config.hidden_dim)).to(self.device, self.dtype)
         self.register_to_config(subject_voxels={**dict(self.config.subject_voxels), subject: int(n_voxels)})
 
+    def keep_subjects(self, subjects) -> None:
+        """Drop every subject's layer but ``subjects`` (e.g. to ship a fine-tuned subject's model alone)."""
+        subjects = [str(s) for s in subjects]
+        unknown = [s for s in subjects if s not in self.linears]
+        if unknown or not subjects:
+            raise InvalidInputError(f"keep_subjects({subjects}): this voxel encoder knows {self.subjects}; keep at "
+                                    "least one of them.")
+        for s in self.subjects:
+            if s not in subjects:
+                del self.linears[s]
+        self.register_to_config(subject_voxels={s: int(n) for s, n in self.config.subject_voxels.items()
+                                                if s in subjects})
+
     def forward(self, voxels: torch.Tensor, subject: str) -> torch.Tensor:
         """``(B, d_s)`` responses of one subject → ``(B, hidden_dim)``."""
         if subject not in self.linears:

@@ -13,6 +13,7 @@ import numbers
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -22,8 +23,10 @@ from ..errors import InvalidInputError, check_choice, check_range
 from ..io import atomic_file, check_output_dir, read_json, write_json
 from ..metrics import plot_reconstruction_grid, save_results
 from ..plotting import save_figure
-from .explore import evaluate_reconstructor, plot_control_sweep, plot_swap_grid, swap_grid, sweep_control_scale
-from .folders import reconstructor_info
+from .explore import (KAPPA_ETA_METRICS, evaluate_reconstructor, evaluate_retrieval, feature_guidance_label,
+                      make_test_maps, plot_control_sweep, plot_kappa_eta, plot_swap_grid, score_trivial_baselines,
+                      swap_grid, sweep_control_scale, sweep_feature_guidance)
+from .folders import SHIPPED_RECONSTRUCTORS, reconstructor_info
 from .pipeline import load_reconstructor
 
 __all__ = ["write_demo_report", "make_demo_world", "demo_world_config"]
@@ -74,14 +77,21 @@ def make_demo_world(pipe, preset: str | None = None, progress: bool = True):
 def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n_test: int = 24,
                       num_inference_steps: int | None = None, alphas=(0.0, 0.5, 1.0, 1.5), n_show: int = 6,
                       n_swap: int = 4, seed: int = 0, world=None, world_preset: str | None = None,
-                      threads: int | None = 1, progress: bool = True) -> dict:
-    """Reconstruct, sweep α, swap, score; write PNG figures and ``report.json`` to ``out_dir``.
+                      threads: int | None = 1, progress: bool = True, method: str | None = None,
+                      kappas=(0.0, 1e-3, 1e-2), etas=(0.2, 1.0), strength: float = 0.75) -> dict:
+    """Reconstruct and score held-out scans; write PNG figures and ``report.json`` to ``out_dir``.
+
+    NeuroPictor reconstructors: an α sweep and a semantic swap. NeuralDiffuser reconstructors: a κ × η
+    sweep of feature guidance beside the mean-image and shuffled-scan baselines, and retrieval.
 
     Parameters
     ----------
     out_dir : path-like
     reconstructor : path-like, optional
-        A reconstructor folder (default the shipped toy one).
+        A reconstructor folder (default the shipped toy one of ``method``).
+    method : {"neuropictor", "neuraldiffuser"}, optional
+        Which shipped reconstructor to use when ``reconstructor`` is not given (default NeuroPictor);
+        with a folder, the folder's own method is used and a different ``method`` is refused.
     subject : str, optional
         Default the reconstructor's ``subject`` entry, else the world's first subject.
     n_test : int
@@ -92,6 +102,8 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
         Control scales of the sweep figure.
     n_show, n_swap : int
         Scans in the sweep figure; layout × semantic sources in the swap grid.
+    kappas, etas, strength : NeuralDiffuser only
+        Feature-guidance scales κ and strengths η swept (κ = 0 once), and the img2img strength.
     seed : int
     world : ToyWorld, optional
         Skip rebuilding the world.
@@ -106,9 +118,11 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
     Returns
     -------
     dict
-        The contents of ``report.json``: the figures of :func:`evaluate_reconstructor`
-        (``alpha``, ``guidance``, ``swap``), file names, timings. ``alpha["1"]`` equals what
-        ``brainrecon evaluate OUT/results`` reports (same 8-bit images, same scoring).
+        The contents of ``report.json``. NeuroPictor: the figures of :func:`evaluate_reconstructor`
+        (``alpha``, ``guidance``, ``swap``); ``alpha["1"]`` equals what ``brainrecon evaluate
+        OUT/results`` reports (same 8-bit images, same scoring). NeuralDiffuser: ``kappa_eta`` (one row
+        per setting), ``baselines`` (``mean_image``, ``shuffled_scan``), ``retrieval``; ``results/``
+        holds the κ, η = ``kappas[-1]``, ``etas[0]`` images. Both: ``method``, file names, timings.
 
     Raises
     ------
@@ -120,15 +134,36 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
         The reconstructor folder is missing, or one of its files is unreadable (named).
     """
     _check_arguments(out_dir, n_test, num_inference_steps, alphas, n_show, n_swap, seed, world_preset, threads)
-    world, subject = _world_and_subject(reconstructor, world, world_preset, subject)
+    check_choice("method (--method)", method, (None, *SHIPPED_RECONSTRUCTORS))
+    _check_guidance_sweep(kappas, etas, strength)
+    info = reconstructor_info(reconstructor, method or "neuropictor")
+    kind = info.get("method", "neuropictor")
+    if method is not None and kind != method:
+        raise InvalidInputError(f"--method {method} but {info['path']} holds a {kind} reconstructor; drop --method "
+                                f"or pass a {method} folder.")
+    if kind not in SHIPPED_RECONSTRUCTORS:
+        raise InvalidInputError(f"the demo knows {', '.join(SHIPPED_RECONSTRUCTORS)}; {info['path']} is {kind}.")
+    world, subject = _world_and_subject(info, world, world_preset, subject)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        return _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, alphas, n_show, n_swap,
+        if kind == "neuraldiffuser":
+            return _write_neuraldiffuser_report(out_dir, info["path"], subject, n_test, num_inference_steps,
+                                                kappas, etas, strength, seed, world, progress)
+        return _write_report(out_dir, info["path"], subject, n_test, num_inference_steps, alphas, n_show, n_swap,
                              seed, world, progress)
     finally:
         torch.set_num_threads(before)
+
+
+def _check_guidance_sweep(kappas, etas, strength) -> None:
+    for name, values, lo, hi in (("kappas", kappas, 0.0, None), ("etas", etas, 0.0, 1.0)):
+        if not len(values):
+            raise InvalidInputError(f"'{name}' must hold at least one value.")
+        for v in values:
+            check_range(name, v, lo, hi, float)
+    check_range("strength", strength, 1e-6, 1.0, float)
 
 
 def _check_arguments(out_dir, n_test, num_inference_steps, alphas, n_show, n_swap, seed, world_preset,
@@ -149,9 +184,8 @@ def _check_arguments(out_dir, n_test, num_inference_steps, alphas, n_show, n_swa
         raise InvalidInputError(f"'alphas' must be one or more finite control scales; {list(alphas)!r} was provided.")
 
 
-def _world_and_subject(reconstructor, world, world_preset, subject):
+def _world_and_subject(info, world, world_preset, subject):
     """``(world or its config, subject)``, the subject checked against it; reads JSON only, builds nothing."""
-    info = reconstructor_info(reconstructor)
     if world is None:
         world = demo_world_config(info, world_preset)
         if isinstance(world, str):                  # a saved world: cheap to load, and it knows its subjects
@@ -203,8 +237,60 @@ def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, 
                  image_ids=data["image_keys"], toyworld=world.config, attributes=data["attributes"])
     with atomic_file(out / "figures.csv", "w") as f:
         res["table"].to_csv(f, index=False)
-    report = {**m, "reconstructor": pipe.info.get("path"), "alphas_swept": [float(a) for a in alphas],
+    report = {**m, "method": "neuropictor", "reconstructor": pipe.info.get("path"),
+              "alphas_swept": [float(a) for a in alphas],
               "files": sorted(figures) + ["figures.csv", "results/"], "seconds": time.perf_counter() - t0}
+    write_json(out / "report.json", report)
+    bar.update()
+    bar.close()
+    return report
+
+
+def _write_neuraldiffuser_report(out_dir, reconstructor, subject, n_test, num_inference_steps, kappas, etas,
+                                 strength, seed, world, progress) -> dict:
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    bar = tqdm(total=5, desc="demo", disable=not progress)
+    bar.set_postfix_str("loading the reconstructor")
+    pipe = load_reconstructor(reconstructor)     # its backbone attached: guidance and retrieval read it
+    bar.update()
+    bar.set_postfix_str("building the toy world")
+    if isinstance(world, ToyWorldConfig):
+        world = make_toyworld(world, progress=progress)
+    data = make_test_maps(pipe, world, subject, n_test)
+    targets = data["targets"]
+    steps = int(num_inference_steps or pipe.config.default_num_inference_steps)
+    bar.update()
+    bar.set_postfix_str(f"κ × η on {len(targets)} test scans of {subject}")
+    sweep = sweep_feature_guidance(pipe, data["maps"], targets, kappas=kappas, etas=etas, strength=strength,
+                                   seed=seed, metrics=KAPPA_ETA_METRICS, num_inference_steps=steps, progress=False)
+    bar.update()
+    bar.set_postfix_str("baselines and retrieval")
+    shown = (float(kappas[-1]), float(etas[0]))            # the paper's setting: the largest κ at η = etas[0]
+    chosen = sweep["images"][shown]
+    train = world.scenes.images[np.asarray(world.subjects[subject].train_images)]
+    baselines = score_trivial_baselines(chosen, targets, train, metrics=KAPPA_ETA_METRICS)
+    retrieval = evaluate_retrieval(pipe, data)
+    retrieval.pop("table")
+    bar.update()
+    bar.set_postfix_str("writing figures")
+    k = min(8, len(targets))
+    rows = {feature_guidance_label(kk, e): imgs[:k] for (kk, e), imgs in sweep["images"].items()}
+    rows["training mean image"] = baselines.pop("mean_image_pixels")[None].expand(k, -1, -1, -1)
+    figures = {"reconstructions.png": plot_reconstruction_grid(rows, targets[:k], n=k),
+               "kappa_eta.png": plot_kappa_eta(sweep["rows"], baselines)}
+    for name, fig in figures.items():
+        save_figure(fig, out / name)
+    save_results(out / "results", chosen, targets, method="neuraldiffuser", world="toy", subject=subject,
+                 image_ids=data["image_keys"], toyworld=world.config, attributes=data["attributes"],
+                 extra={"feature_guidance_scale": shown[0], "feature_guidance_strength": shown[1],
+                        "strength": float(strength), "num_inference_steps": steps})
+    report = {"method": "neuraldiffuser", "reconstructor": pipe.info.get("path"), "subject": subject,
+              "n_test": int(len(targets)), "seed": int(seed), "num_inference_steps": steps,
+              "strength": float(strength), "guidance_scale": float(pipe.config.default_guidance_scale),
+              "kappa_eta": sweep["rows"], "baselines": baselines, "retrieval": retrieval,
+              "results_setting": {"kappa": shown[0], "eta": shown[1]},
+              "files": sorted(figures) + ["results/"], "seconds": time.perf_counter() - t0}
     write_json(out / "report.json", report)
     bar.update()
     bar.close()

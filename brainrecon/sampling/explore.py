@@ -1,4 +1,4 @@
-"""Explore a NeuroPictor reconstructor: reconstruct, sweep ``α``, swap semantics, score it.
+"""Explore a reconstructor: reconstruct, sweep ``α`` or κ × η, swap semantics, score it.
 
 * :func:`make_test_maps` — a toy subject's held-out shared test scans as the pipeline's flatmaps,
   with targets and ground-truth attributes;
@@ -9,6 +9,8 @@
 * :func:`swap_grid` — every (layout source × semantic source) pair (the semantic swap);
   :func:`plot_swap_grid`;
 * :func:`sweep_feature_guidance` — the same scans and seeds at every (κ, η) of feature guidance, scored;
+  :func:`score_trivial_baselines` (mean image, shuffled scan) and :func:`plot_kappa_eta`;
+* :func:`evaluate_retrieval` — brain ↔ image retrieval among 300 candidates;
 * :func:`evaluate_reconstructor` — the acceptance figures on the toy world through
   :func:`brainrecon.metrics.evaluate`: α = 1 vs α = 0, CFG 0 vs default, and the swap test.
 """
@@ -22,11 +24,15 @@ from tqdm.auto import tqdm
 from ..data.pairs import make_toy_dataset
 from ..errors import InvalidInputError
 from ..figures import Figure
-from ..metrics import (as_tensor, as_uint8, attribute_scores_per_image, evaluate, make_feature_set, metrics_dict,
-                       plot_reconstruction_grid)
+from ..metrics import (METRIC_INFO, as_tensor, as_uint8, attribute_scores_per_image, evaluate, make_feature_set,
+                       metrics_dict, plot_reconstruction_grid)
 
 __all__ = ["make_test_maps", "reconstruct", "sweep_control_scale", "plot_control_sweep", "swap_grid",
-           "plot_swap_grid", "evaluate_reconstructor", "evaluate_retrieval"]
+           "plot_swap_grid", "evaluate_reconstructor", "evaluate_retrieval", "sweep_feature_guidance",
+           "score_trivial_baselines", "plot_kappa_eta", "feature_guidance_label", "KAPPA_ETA_METRICS"]
+
+#: What a κ × η sweep scores by default (NeuralDiffuser Tab. 2's low-level and high-level columns).
+KAPPA_ETA_METRICS = ("pixcorr", "ssim", "alexnet2", "clip")
 
 
 def _generators(seed: int, indices) -> list:
@@ -138,7 +144,7 @@ def sweep_control_scale(pipe, data, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), seed: in
 
 
 def sweep_feature_guidance(pipe, data, targets, kappas=(0.0, 1e-4, 1e-3, 1e-2), etas=(0.2, 0.5, 1.0),
-                           strength: float = 0.75, seed: int = 0, metrics=("pixcorr", "ssim", "alexnet2", "clip"),
+                           strength: float = 0.75, seed: int = 0, metrics=KAPPA_ETA_METRICS,
                            feature_set="toy", **kwargs) -> dict:
     """The same scans and seeds at every (κ, η) of feature guidance, scored (NeuralDiffuser Tab. 2, Fig. 8).
 
@@ -223,6 +229,91 @@ def evaluate_retrieval(pipe, data, targets=None, n_way: int = 300, n_loops: int 
             "brain_retrieval": float(bwd.value), "brain_retrieval_ci": [float(bwd.ci_low), float(bwd.ci_high)],
             "n_way": int(round(1 / float(fwd.chance))), "chance": float(fwd.chance), "n": int(len(scans)),
             "table": table}
+
+
+def feature_guidance_label(kappa: float, eta: float) -> str:
+    """How figures name a feature-guidance setting: ``"κ = 0"`` or ``"κ = 0.01, η = 0.2"``."""
+    return "κ = 0" if float(kappa) == 0 else f"κ = {float(kappa):g}, η = {float(eta):g}"
+
+
+def score_trivial_baselines(images, targets, train_images, metrics=KAPPA_ETA_METRICS, feature_set="toy") -> dict:
+    """The trivial baselines a reconstruction must beat, scored by the same metrics.
+
+    ``mean_image``: every test scan answered with the mean of the training images (what a
+    decoder that ignores the brain converges to); ``shuffled_scan``: each reconstruction scored
+    against another scan's image (rolled by half the set: a reconstruction that carries nothing
+    of its own scan scores as well here as against its target).
+
+    Parameters
+    ----------
+    images, targets : array ``(N, 3, S, S)`` in [0, 1]
+        Reconstructions and their seen images.
+    train_images : array ``(M, S, S, 3)`` uint8 or ``(M, 3, S, S)`` in [0, 1]
+        The subject's training images.
+    metrics, feature_set
+        Passed to :func:`brainrecon.metrics.evaluate`.
+
+    Returns
+    -------
+    dict
+        ``mean_image`` and ``shuffled_scan`` (``{metric: value}``), and ``mean_image_pixels``
+        ``(3, S, S)`` (the mean image itself, for figures).
+    """
+    train = torch.as_tensor(np.asarray(train_images))
+    if train.ndim == 4 and train.shape[-1] == 3:                 # NHWC uint8 (scenes.images)
+        train = train.permute(0, 3, 1, 2).float() / 255.0
+    mean = as_tensor(as_uint8(train.float().mean(0, keepdim=True)))[0]
+    targets = torch.as_tensor(targets).float()
+    n = len(targets)
+    if len(images) != n or n < 2:
+        raise InvalidInputError(f"{len(images)} reconstructions for {n} targets; the baselines need at least 2 pairs.")
+    perm = torch.roll(torch.arange(n), n // 2)
+    kw = dict(metrics=list(metrics), feature_set=feature_set)
+    return {"mean_image": metrics_dict(evaluate(mean[None].expand(n, -1, -1, -1), targets, **kw)),
+            "shuffled_scan": metrics_dict(evaluate(torch.as_tensor(images).float(), targets[perm], **kw)),
+            "mean_image_pixels": mean}
+
+
+def plot_kappa_eta(rows, baselines: dict | None = None, metrics=KAPPA_ETA_METRICS):
+    """NeuralDiffuser's Tab. 2 as lines: each metric against κ (log axis), one line per η; κ = 0 solid
+    black, the baselines of :func:`score_trivial_baselines` dashed grey.
+
+    Parameters
+    ----------
+    rows : list of dict
+        ``sweep_feature_guidance(...)["rows"]`` (``kappa``, ``eta`` and the metrics).
+    baselines : dict, optional
+        ``{name: {metric: value}}``.
+    metrics : sequence of str
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not rows:
+        raise InvalidInputError("no κ × η rows to plot (sweep_feature_guidance(...)['rows']).")
+    etas = sorted({r["eta"] for r in rows if r["eta"] is not None})
+    base = next((r for r in rows if r["kappa"] == 0), None)
+    fig = Figure(figsize=(2.9 * len(metrics), 2.8))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, m in zip(axes, metrics):
+        for e in etas:
+            pts = sorted((r["kappa"], r[m]) for r in rows if r["eta"] == e and m in r)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"η = {e:g}")
+        if base is not None and m in base:
+            ax.axhline(base[m], color="k", lw=1, label="κ = 0")
+        for (name, vals), style in zip(((k, v) for k, v in (baselines or {}).items() if isinstance(v, dict)),
+                                       ("--", ":")):
+            if m in vals:
+                ax.axhline(vals[m], color="0.5", ls=style, lw=1, label=name.replace("_", " "))
+        if etas:
+            ax.set_xscale("log")
+        ax.set_xlabel("κ (feature guidance scale)")
+        ax.set_title(METRIC_INFO[m][0] if m in METRIC_INFO else m, fontsize=9)
+    axes[0].legend(fontsize=6)
+    fig.suptitle("Feature guidance κ × η on held-out scans (same seeds)", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def plot_control_sweep(sweep: dict, targets, titles=None):

@@ -26,16 +26,23 @@ from transformers import AutoTokenizer
 
 from ..backbones import load_backbone
 from ..backbones.hub import _transformers_class
-from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, check_device, reading
+from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, check_choice, check_device, reading
 from ..io import atomic_dir, check_safetensors, read_json, write_json
 from ..models import NeuroPictorModel
 from ..models.index import INDEX_NAME, register_conditioner, resolve_conditioner, write_index  # noqa: F401
 
 __all__ = ["save_reconstructor_folder", "load_reconstructor_folder", "load_reconstructor", "reconstructor_info",
-           "TOY_RECONSTRUCTOR_DIR"]
+           "TOY_RECONSTRUCTOR_DIR", "SHIPPED_RECONSTRUCTORS"]
 
 #: Folder of the shipped toy reconstructor (light layout, trained by ``refine_subject``).
 TOY_RECONSTRUCTOR_DIR = Path(__file__).resolve().parent.parent / "weights" / "neuropictor_toy"
+#: The shipped toy reconstructors by method (light layouts; each has its data card).
+SHIPPED_RECONSTRUCTORS = {"neuropictor": TOY_RECONSTRUCTOR_DIR,
+                          "neuraldiffuser": TOY_RECONSTRUCTOR_DIR.parent / "neuraldiffuser_toy"}
+_RECIPES = {"neuropictor": "Train one with the NeuroPictor stages (brainrecon train neuropictor; refine_subject "
+                           "writes the folder) and pass its folder.",
+            "neuraldiffuser": "Train one with brainrecon train neuraldiffuser (it writes OUT/reconstructor/) "
+                              "and pass that folder."}
 #: keys of backbone.json / pipeline.json read as settings; any others land in ``pipe.info``
 _KNOWN = ("_class_name", "backbone", "backbone_source", "guidance_scale", "num_inference_steps", "flatmap", "info")
 _HINT = ("A reconstructor folder holds model_index.json with conditioner/ (or, written before it, NeuroPictor's "
@@ -101,10 +108,11 @@ def _info(d: Path, settings: dict) -> dict:
     return {**{k: v for k, v in settings.items() if k not in _KNOWN}, **settings.get("info", {}), "path": str(d)}
 
 
-def reconstructor_info(path=None) -> dict:
+def reconstructor_info(path=None, method: str = "neuropictor") -> dict:
     """What ``load_reconstructor(path).info`` will hold (``subject``, ``toyworld``, ``path``...), read
-    from the folder's JSON files without loading any model (default: the shipped toy reconstructor)."""
-    return _info(*_settings(_path_or_shipped(path)))
+    from the folder's JSON files without loading any model (default: the shipped toy reconstructor
+    of ``method``)."""
+    return _info(*_settings(_path_or_shipped(path, method)))
 
 
 def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | None = None, **overrides):
@@ -128,6 +136,7 @@ def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | 
         bb = load_backbone(_resolve_backbone(d, settings.get("backbone")), device=device, dtype=dtype)
         model.to(device or "cpu")
         pipe = cls.from_backbone(bb, model if dtype is None else model.to(dtype), **defaults)
+        model.attach_backbone(bb)       # e.g. NeuralDiffuser's guidance and retrieval read its image encoder
     else:
         pipe = _from_parts(cls, d, model, defaults, settings, device, dtype)
     pipe.info = _info(d, settings)
@@ -186,14 +195,22 @@ def _resolve_backbone(d: Path, source):
     return str(source) if not p.is_dir() else p
 
 
-def load_reconstructor(path=None, device=None, dtype: torch.dtype | None = None, **kwargs):
-    """Load a saved reconstructor; default the shipped toy one (``brainrecon/weights/neuropictor_toy``).
+def load_reconstructor(path=None, device=None, dtype: torch.dtype | None = None, method: str = "neuropictor",
+                       **kwargs):
+    """Load a saved reconstructor; default the shipped toy one of ``method``.
+
+    Light folders get their backbone attached (``conditioner.attach_backbone``), so NeuralDiffuser's
+    feature guidance and retrieval work at once.
 
     Parameters
     ----------
     path : path-like, optional
-        A reconstructor folder (light or full layout).
+        A reconstructor folder (light or full layout). Default: the shipped toy reconstructor of
+        ``method`` (:data:`SHIPPED_RECONSTRUCTORS`: ``brainrecon/weights/neuropictor_toy``,
+        ``brainrecon/weights/neuraldiffuser_toy``).
     device, dtype : optional
+    method : {"neuropictor", "neuraldiffuser"}
+        Which shipped reconstructor ``path=None`` loads (ignored when ``path`` is given).
     **kwargs
         ``guidance_scale``, ``num_inference_steps`` or ``flatmap`` override the saved defaults.
 
@@ -213,15 +230,16 @@ def load_reconstructor(path=None, device=None, dtype: torch.dtype | None = None,
     """
     from .pipeline import BrainToImagePipeline
 
-    return BrainToImagePipeline.from_pretrained(_path_or_shipped(path), device=device, dtype=dtype, **kwargs)
+    return BrainToImagePipeline.from_pretrained(_path_or_shipped(path, method), device=device, dtype=dtype,
+                                                **kwargs)
 
 
-def _path_or_shipped(path):
+def _path_or_shipped(path, method: str = "neuropictor"):
     if path is not None:
         return path
-    if not _conditioner_dir(TOY_RECONSTRUCTOR_DIR).is_dir():
-        shipped = [TOY_RECONSTRUCTOR_DIR, TOY_RECONSTRUCTOR_DIR / INDEX_NAME, TOY_RECONSTRUCTOR_DIR / "conditioner"]
-        raise DataNotFoundError("the shipped toy reconstructor", shipped, data_card="neuropictor_toy.md",
-                                hint="Train one with the NeuroPictor stages (refine_subject writes model/ + "
-                                     "backbone.json) and pass its folder.")
-    return TOY_RECONSTRUCTOR_DIR
+    check_choice("method", method, tuple(SHIPPED_RECONSTRUCTORS))
+    d = SHIPPED_RECONSTRUCTORS[method]
+    if not _conditioner_dir(d).is_dir():
+        raise DataNotFoundError(f"the shipped toy {method} reconstructor", [d, d / INDEX_NAME, d / "conditioner"],
+                                data_card=f"{method}_toy.md", hint=_RECIPES[method])
+    return d

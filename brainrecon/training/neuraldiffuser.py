@@ -26,6 +26,7 @@ with held-out figures against the mean and shuffled-scan baselines and two-way /
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,17 +34,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidInputError
+from ..errors import DataNotFoundError, InvalidInputError
 from ..figures import Figure
 from ..io import atomic_dir, write_json
 from ..metrics.retrieval import retrieval
-from ..models.index import write_index
+from ..models.index import INDEX_NAME, write_index
 from ..models.neuraldiffuser import (LatentDecoder, MixerDecoder, NeuralDiffuserModel, VoxelEncoder, mixco_loss,
                                      mixco_mix, soft_clip_loss)
 from .cache import StageData, cache_stage_data
 from .run import RunConfig, RunContext
 
-__all__ = ["NeuralDiffuserConfig", "train_neuraldiffuser", "plot_decoder_scores"]
+__all__ = ["NeuralDiffuserConfig", "train_neuraldiffuser", "ship_neuraldiffuser", "plot_decoder_scores"]
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,43 @@ def train_neuraldiffuser(config: NeuralDiffuserConfig, world=None, backbone=None
                                                  "guidance_scale": float(getattr(bb, "guidance_scale", 5.0))})
         ctx.finish({"subject": target, "pretrain_subjects": others, **metrics}, results)
     return Path(cfg.output_dir)
+
+
+def ship_neuraldiffuser(run_dir, dest) -> Path:
+    """Copy a run's reconstructor for shipping: only its subject's voxel encoder, plus the run record.
+
+    The other subjects' voxel encoders (pre-training) are not read when reconstructing the fine-tuned
+    subject and hold most of the bytes (8 toy subjects: 20 of 27 MB), so they are left out.
+    ``metrics.json``, ``run.json`` and ``config.json`` of the run are copied beside the folder's parts.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A :func:`train_neuraldiffuser` output folder.
+    dest : path-like
+        The reconstructor folder to write (atomically), e.g. ``brainrecon/weights/neuraldiffuser_toy``.
+
+    Returns
+    -------
+    Path
+    """
+    run = Path(run_dir)
+    src = run / "reconstructor"
+    need = [src / INDEX_NAME, src / "backbone.json", src / "conditioner", run / "metrics.json", run / "run.json",
+            run / "config.json"]
+    missing = [p for p in need if not p.exists()]
+    if missing:
+        raise DataNotFoundError(f"the NeuralDiffuser run {str(run)!r}", missing,
+                                hint="Finish it first: brainrecon train neuraldiffuser --out RUN (it resumes).")
+    model = NeuralDiffuserModel.from_pretrained(src / "conditioner", use_safetensors=True)
+    model.voxel_encoder.keep_subjects([model.subject])
+    with atomic_dir(dest) as d:
+        model.save_pretrained(d / "conditioner")
+        write_index(d, model)
+        shutil.copy2(src / "backbone.json", d / "backbone.json")
+        for name in ("metrics.json", "run.json", "config.json"):
+            shutil.copy2(run / name, d / name)
+    return Path(dest)
 
 
 def plot_decoder_scores(metrics: dict):

@@ -7,10 +7,44 @@ FIGURE_TEXT = "<Figure size"
 
 def wait_for_explorer(page, timeout_s: float = 300) -> None:
     """Until the explorer's two image panels and its status line are on the page."""
-    page.wait_for_function(
-        "() => document.querySelectorAll('img.widget-image').length >= 2 && "
-        "[...document.querySelectorAll('.widget-label')].some(e => e.textContent.includes('CFG ='))",
-        timeout=timeout_s * 1000)
+    page.wait_for_function(_EXPLORER_SHOWN, timeout=timeout_s * 1000)
+
+
+_EXPLORER_SHOWN = ("() => document.querySelectorAll('img.widget-image').length >= 2 && "
+                   "[...document.querySelectorAll('.widget-label')].some(e => e.textContent.includes('CFG ='))")
+_PROMPTS = "() => [...document.querySelectorAll('.jp-InputPrompt')].map(e => e.textContent.trim())"
+_ERRORS = ("() => [...document.querySelectorAll('.jp-OutputArea-output[data-mime-type*=\"stderr\"], "
+           ".jp-OutputArea-output[data-mime-type*=\"error\"]')].map(e => e.innerText).join('\\n')")
+
+
+def run_all_until_explorer(page, timeout_s: float = 420, log_path=None) -> None:
+    """Lab's Run All Cells until the explorer shows, as a person would press it again.
+
+    Lab can drop a Run All issued while a new kernel still settles, and a widget output that
+    arrives before the widget manager is ready renders as text; so while no cell is queued or
+    running and the explorer is absent, Run All is issued again (every 20 s at most). A traceback
+    in an output fails at once; a timeout fails with the prompts, the outputs and the server log.
+    """
+    end = time.monotonic() + timeout_s
+    last_issue = -1e9
+    issued = 0
+    while time.monotonic() < end:
+        if page.evaluate(_EXPLORER_SHOWN):
+            return
+        errors = page.evaluate(_ERRORS)
+        if "Traceback" in errors:
+            raise AssertionError(f"a notebook cell failed:\n{errors[-3000:]}")
+        prompts = page.evaluate(_PROMPTS)
+        busy = any("*" in p for p in prompts)
+        if not busy and time.monotonic() - last_issue > 20:
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            last_issue, issued = time.monotonic(), issued + 1
+            print(f"Run All #{issued} issued (prompts: {' '.join(prompts)})")
+        page.wait_for_timeout(1000)
+    log = log_path.read_text()[-3000:] if log_path is not None else ""
+    raise AssertionError(f"the explorer did not show in {timeout_s:.0f} s after {issued} Run All; prompts: "
+                         f"{page.evaluate(_PROMPTS)}\noutputs:\n{page.inner_text('.jp-Notebook')[-3000:]}"
+                         f"\nserver log:\n{log}")
 
 
 def status(page) -> str:

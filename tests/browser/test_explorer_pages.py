@@ -3,7 +3,7 @@ import time
 
 from brainrecon.servers import lab_command, write_explorer_notebook
 from conftest import Server, free_port, server_env, venv_tool
-from pages import drive_explorer, no_figure_text, wait_for_explorer
+from pages import drive_explorer, no_figure_text, run_all_until_explorer, wait_for_explorer
 
 SMOKE = {"N_TEST": 3, "NUM_INFERENCE_STEPS": 3, "WORLD_PRESET": "smoke"}
 
@@ -60,17 +60,9 @@ def test_jupyterlab_opens_the_py_notebook_and_renders_the_explorer(browser, tmp_
         page.wait_for_function("() => window.jupyterapp && window.jupyterapp.commands.hasCommand("
                                "'notebook:run-all-cells')", timeout=120_000)
         page.locator(".jp-Notebook").first.click()
-        # Lab can drop a Run All issued while the new session still settles: repeat until a cell has started
-        started = ("() => [...document.querySelectorAll('.jp-InputPrompt')]"
-                   ".some(e => /\\[(\\*|\\d+)\\]/.test(e.textContent))")
-        for attempt in range(6):
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            try:
-                page.wait_for_function(started, timeout=20_000)
-                break
-            except Exception:
-                print(f"Run All #{attempt + 1} did not start a cell; issuing it again")
-        wait_for_explorer(page)
+        t = time.monotonic()
+        run_all_until_explorer(page, log_path=srv.log_path)
+        print(f"lab explorer ready in {time.monotonic() - t:.0f} s")
         assert no_figure_text(page)
         _check(drive_explorer(page, screenshots, "lab"))
     except Exception:

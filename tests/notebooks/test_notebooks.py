@@ -32,8 +32,10 @@ SMOKE: dict[str, dict] = {
     "06_reconstruct_and_explore.py": {"WORLD_PRESET": "smoke", "N_TEST": 6, "NUM_INFERENCE_STEPS": 3, "N_SHOW": 3,
                                       "N_SWAP": 2, "ALPHAS": [0.0, 1.0]},
     "07_evaluate.py": {"N_IMAGES": 24, "FEATURE_SET": "toy"},
-    "08_neuraldiffuser.py": {"PRESET": "smoke", "N_TEST": 6, "NUM_INFERENCE_STEPS": 4, "KAPPAS": [0.0, 1e-3],
-                             "ETAS": [0.2, 1.0], "N_SHOW": 3},
+    "08_neuraldiffuser_decoders.py": {"PRESET": "smoke"},
+    # RECONSTRUCTOR: notebook 08's smoke run (set by the test), in its smoke world
+    "09_feature_guidance.py": {"WORLD_PRESET": "smoke", "N_TEST": 6, "NUM_INFERENCE_STEPS": 4,
+                               "KAPPAS": [0.0, 1e-3], "ETAS": [0.2, 1.0], "N_SHOW": 3},
 }
 
 
@@ -224,11 +226,26 @@ def test_06_reconstruct_and_explore(tmp_path):
         assert (tmp_path / "06_reconstruct_and_explore" / fig).is_file()
 
 
-def test_08_neuraldiffuser(tmp_path):
-    m = run_notebook("08_neuraldiffuser.py", tmp_path)
-    assert set(m["decoders"]) >= {"text", "latent"} and m["n_test"] == 6
+@pytest.mark.notebook
+def test_08_decoders_then_09_feature_guidance(tmp_path):
+    """Notebook 08 trains the smoke decoders; notebook 09 reconstructs with its reconstructor at every κ × η."""
+    m = run_notebook("08_neuraldiffuser_decoders.py", tmp_path)
+    assert set(m["decoders"]) >= {"text", "latent", "feature_1", "feature_3"} and m["n_test"] == 30  # smoke n_eval
     assert all({"error", "mean_baseline", "shuffled_scan"} <= set(v) for v in m["decoders"].values())
-    assert [(r["kappa"], r["eta"]) for r in m["sweep"]] == [(0.0, None), (1e-3, 0.2), (1e-3, 1.0)]
-    assert all(-1 <= r["pixcorr"] <= 1 for r in m["sweep"]) and 0 <= m["retrieval"]["brain_to_image_top1"] <= 1
-    out = tmp_path / "08_neuraldiffuser"
-    assert (out / "kappa_eta_grid.png").is_file() and (out / "decoder_scores.png").is_file()
+    r = m["retrieval"]
+    assert r["n_way"] == 30 and r["chance"] == pytest.approx(1 / 30) and 0 <= r["image_retrieval"] <= 1
+    # the saved reconstructor gives the training run's figures (same embeddings, same protocol)
+    assert r["image_retrieval"] == pytest.approx(m["retrieval_in_training"]["image_retrieval"], abs=1e-6)
+    assert r["brain_retrieval"] == pytest.approx(m["retrieval_in_training"]["brain_retrieval"], abs=1e-6)
+    assert (tmp_path / "08_neuraldiffuser_decoders" / "decoder_scores.png").stat().st_size > 5000
+
+    m9 = run_notebook("09_feature_guidance.py", tmp_path, RECONSTRUCTOR=m["reconstructor"])
+    assert [(r["kappa"], r["eta"]) for r in m9["sweep"]] == [(0.0, None), (1e-3, 0.2), (1e-3, 1.0)]
+    assert m9["n_test"] == 6 and all(-1 <= r["pixcorr"] <= 1 and 0 <= r["alexnet2"] <= 1 for r in m9["sweep"])
+    assert set(m9["baselines"]) == {"mean_image", "shuffled_scan"}
+    assert set(m9["baselines"]["mean_image"]) >= {"pixcorr", "ssim", "alexnet2", "clip"}
+    # 4 steps at strength 0.75 run 3; η = 0.2 guides round(0.6) = 1 of them, η = 1 all three
+    assert m9["steps_run"] == 3 and m9["guided_steps"] == {"eta=0.2": 1, "eta=1": 3}
+    assert all(v > 0 for v in m9["seconds_per_image"].values())
+    for fig in m9["figures"]:
+        assert (tmp_path / "09_feature_guidance" / fig).stat().st_size > 5000
