@@ -34,6 +34,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -151,6 +152,14 @@ def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_
                             return_tensors="pt").input_ids,
                     category=torch.from_numpy(sc.category), colour=torch.from_numpy(sc.colour),
                     bbox_frac=torch.from_numpy(sc.bbox).float() / 32)
+    if heldout_seed == 0 and n_eval > n_train:
+        # memorising a set smaller than the judged one: each training scene is judged several times, each
+        # time from other noise (scene i of the n_eval is training scene i mod n_train)
+        sc = make_scenes(n_train, image_size=32, seed=seed, max_objects=max_objects)
+        idx = np.arange(n_eval) % n_train
+        te = SimpleNamespace(images=sc.images[idx], captions=[sc.captions[i] for i in idx],
+                             category=sc.category[idx], colour=sc.colour[idx], bbox=sc.bbox[idx])
+        return data, te
     te = make_scenes(n_eval, image_size=32, seed=heldout_seed, max_objects=max_objects)
     return data, te
 

@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=("default", "smoke"), default="default",
                    help="'default': the toy recipe; 'smoke': seconds")
     t.add_argument("--subject", default="subj01")
+    t.add_argument("--prior-weight", dest="prior_weight", type=float, default=0.0, metavar="ALPHA",
+                   help="alpha of Eq. 3: > 0 adds the diffusion prior after the text decoder (MindEye: 30); "
+                        "0 (default) regresses the text condition by MSE")
     t.add_argument("--ship-to", dest="ship_to", default=None, metavar="DIR",
                    help="copy the reconstructor here with only SUBJECT's voxel encoder (ship_neuraldiffuser)")
     t.add_argument("--threads", type=int, default=1)
@@ -334,7 +337,8 @@ def _cmd_train(args) -> int:
         from .training.neuraldiffuser import NeuralDiffuserConfig, ship_neuraldiffuser, train_neuraldiffuser
 
         make = getattr(NeuralDiffuserConfig, args.preset)
-        out = train_neuraldiffuser(make(output_dir=args.out, subject=args.subject, threads=args.threads))
+        out = train_neuraldiffuser(make(output_dir=args.out, subject=args.subject, threads=args.threads,
+                                        prior_weight=args.prior_weight))
         print(f"wrote {out}/ (reconstructor/, metrics.json, run.json)")
         if args.ship_to:
             print(f"shipped {ship_neuraldiffuser(out, args.ship_to)}/ (the subject's voxel encoder only)")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from brainrecon.models import (CalibratedEncoder, LatentDecoder, MixerDecoder, NeuralDiffuserModel, NeuroPictorModel,
-                               VoxelEncoder)
+from brainrecon.models import (CalibratedEncoder, DiffusionPrior, LatentDecoder, MixerDecoder, NeuralDiffuserModel,
+                               NeuroPictorModel, VoxelEncoder)
 
 
 def make_model(backbone, seed: int = 0, trained: bool = True, image_size: int = 32) -> NeuroPictorModel:
@@ -38,8 +38,9 @@ def write_tiny_reconstructor(path, seed: int = 0) -> Path:
     return path
 
 
-def make_neuraldiffuser(bb, stats=True, layers=(1, 3), n_vox=50):
-    """An untrained NeuralDiffuserModel of toy sizes for subj01 (``n_vox`` voxels), attached to ``bb``."""
+def make_neuraldiffuser(bb, stats=True, layers=(1, 3), n_vox=50, prior=False):
+    """An untrained NeuralDiffuserModel of toy sizes for subj01 (``n_vox`` voxels), attached to ``bb``
+    (``prior``: with Eq. 3's diffusion prior after ``f_c``)."""
     torch.manual_seed(0)
     c, s = bb.unet.config.in_channels, bb.unet.config.sample_size
     width = bb.image_encoder.config.hidden_size
@@ -49,5 +50,6 @@ def make_neuraldiffuser(bb, stats=True, layers=(1, 3), n_vox=50):
     fz = LatentDecoder(32, c, s, grid_size=s // 2, grid_channels=16, n_blocks=2, projection_channels=8)
     fg = {l: MixerDecoder(32, n_tok, width, n_tokens=4, token_dim=16, n_blocks=1, projection_hidden=16) for l in layers}
     mean, std = (torch.linspace(-0.5, 0.5, c), torch.linspace(0.5, 1.5, c)) if stats else (None, None)
-    m = NeuralDiffuserModel(enc, fc, fz, fg, "subj01", mean, std).eval().requires_grad_(False)
+    text_prior = DiffusionPrior(bb.text_length, bb.text_embed_dim, depth=1, num_inference_steps=4) if prior else None
+    m = NeuralDiffuserModel(enc, fc, fz, fg, "subj01", mean, std, text_prior).eval().requires_grad_(False)
     return m.attach_backbone(bb)

@@ -179,3 +179,32 @@ def test_retrieval_is_refused_without_its_inputs(bb):
     bare._backbone.clear()
     with pytest.raises(InvalidInputError, match="attach a backbone"):
         bare.retrieval_embeddings(torch.randn(3, N_VOX), torch.rand(3, 3, 32, 32))
+
+
+def test_with_a_diffusion_prior_c_is_its_sample_and_the_folder_keeps_it(bb, vox, tmp_path):
+    """Eq. 3: with a prior, ĉ is the prior's sample given f_c's output (not f_c's output itself);
+    ``text_prior/`` is saved beside the other parts and loads back to the same reconstructions."""
+    from brainrecon.models import DiffusionPrior
+
+    m = make(bb, prior=True)
+    st = m.encode_scans(vox)
+    raw = m.text_decoder(m.voxel_encoder(vox, "subj01")).prediction
+    assert st["text_condition"].shape == raw.shape and not torch.allclose(st["text_condition"], raw)
+    assert torch.allclose(st["text_condition"], m.text_prior.sample(raw), atol=1e-6)
+    p = pipe_of(bb, m)
+    p.save_pretrained(tmp_path / "nd")
+    assert (tmp_path / "nd" / "conditioner" / "text_prior" / "config.json").is_file()
+    back = load_reconstructor(tmp_path / "nd")
+    back.set_progress_bar_config(disable=True)
+    assert isinstance(back.conditioner.text_prior, DiffusionPrior)
+    kw = dict(num_inference_steps=STEPS, strength=0.75)
+    assert torch.equal(p(vox, generator=gens(3), **kw).images, back(vox, generator=gens(3), **kw).images)
+    assert make(bb).text_prior is None            # the default recipe: f_c's output is ĉ (MSE-regressed)
+
+
+def test_a_negative_prior_weight_is_refused_before_training(tmp_path):
+    from brainrecon.training.neuraldiffuser import NeuralDiffuserConfig, train_neuraldiffuser
+
+    with pytest.raises(InvalidInputError, match="prior_weight"):
+        train_neuraldiffuser(NeuralDiffuserConfig.smoke(output_dir=str(tmp_path / "x"), prior_weight=-1.0))
+    assert not (tmp_path / "x" / "checkpoints").exists()

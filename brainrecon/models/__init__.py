@@ -13,7 +13,7 @@ _EXPORTS = {
     "LowLevelManipulationNetwork": "llmn", "FeatureTransformation": "llmn",
     "NeuroPictorModel": "neuropictor", "NeuroPictorOutput": "neuropictor",
     "BrainConditioner": "conditioner", "register_conditioner": "index",
-    "NeuralDiffuserModel": "neuraldiffuser", "VoxelEncoder": "neuraldiffuser", "MixerDecoder": "neuraldiffuser", "LatentDecoder": "neuraldiffuser",
+    "NeuralDiffuserModel": "neuraldiffuser", "DiffusionPrior": "neuraldiffuser", "VoxelEncoder": "neuraldiffuser", "MixerDecoder": "neuraldiffuser", "LatentDecoder": "neuraldiffuser",
     "mixco_mix": "neuraldiffuser", "mixco_loss": "neuraldiffuser", "soft_clip_loss": "neuraldiffuser",
     "align_first_order": "neuraldiffuser",
 }

@@ -20,8 +20,10 @@ Sizes come from the arguments (the backbone's ``L_T, d_T``, latent shape and ima
 never from SD 1.4's 77 × 768 or 4 × 64 × 64. :class:`NeuralDiffuserModel` puts the parts together as the
 shared pipeline's conditioner (voxels in; ``ĉ``, ``ẑ``, ``ĝ^l`` out; Algorithm 1 through
 ``strength``, κ and η); like diffusers' ``MultiControlNetModel`` it is a ``ModelMixin`` whose configs
-live in its parts. Its training is :mod:`brainrecon.training.neuraldiffuser`. Not here yet: the
-diffusion prior of Eq. 3 (``α·L_prior``).
+live in its parts. Its training is :mod:`brainrecon.training.neuraldiffuser`.
+
+:class:`DiffusionPrior` is the high-level pipeline's optional diffusion prior (Eq. 3,
+``L_c = L_mix|soft + α·L_prior``): with one, ``ĉ`` is the prior's sample given the backbone's output.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
@@ -39,8 +42,8 @@ from ..errors import CheckpointError, InvalidInputError
 from ..io import atomic_dir, read_json, write_json
 from .conditioner import BrainConditioner
 
-__all__ = ["NeuralDiffuserModel", "VoxelEncoder", "MixerDecoder", "LatentDecoder", "DecoderOutput", "mixco_mix", "mixco_loss",
-           "soft_clip_loss", "align_first_order"]
+__all__ = ["NeuralDiffuserModel", "VoxelEncoder", "MixerDecoder", "LatentDecoder", "DiffusionPrior", "DecoderOutput",
+           "mixco_mix", "mixco_loss", "soft_clip_loss", "align_first_order"]
 
 
 @dataclass
@@ -299,6 +302,91 @@ def soft_clip_loss(p: torch.Tensor, c: torch.Tensor, temperature: float = 0.006)
     return (b2c + c2b) / 2
 
 
+class DiffusionPrior(ModelMixin, ConfigMixin):
+    """The high-level pipeline's diffusion prior (NeuralDiffuser §4.2.2, Eq. 3; DALL-E 2's, as MindEye's).
+
+    A conditional diffusion model over the text condition: it denoises ``c_t`` (``L × d`` tokens) given
+    the MLP-Mixer backbone's output ``h`` (the same shape), bridging the gap between what the brain
+    decodes to and the CLIP text space. The network is a causal transformer over
+    ``[h tokens, timestep token, c_t tokens]`` (each with a learned position embedding, no learnable
+    queries) whose last ``L`` outputs predict the clean ``c_0`` (DALL-E 2's ``predict_x_start``), on a
+    cosine schedule of ``num_train_timesteps`` (100, as the paper). Because ``h`` is ``f_c``'s
+    prediction of the same tokens, a linear map of ``h``'s token ``j`` is also added to ``c_t``'s token
+    ``j`` (without it the toy prior had to learn the alignment through attention and, in 1,000 steps,
+    had not: its one-step prediction at ``t = T`` was no better than the mean).
+
+    Parameters
+    ----------
+    n_tokens, dim : int
+        ``L_T`` and ``d_T`` of the text condition.
+    depth, heads : int
+        Transformer layers and attention heads (MindEye's prior: depth 6).
+    num_train_timesteps : int
+    num_inference_steps : int
+        Steps of :meth:`sample` (MindEye samples its prior in 20).
+    """
+
+    @register_to_config
+    def __init__(self, n_tokens: int, dim: int, depth: int = 2, heads: int = 4, num_train_timesteps: int = 100,
+                 num_inference_steps: int = 20):
+        super().__init__()
+        if dim % heads:
+            raise InvalidInputError(f"the prior's dim ({dim}) must be a multiple of its heads ({heads}).")
+        self.pos = nn.Parameter(torch.zeros(2 * n_tokens + 1, dim))
+        nn.init.normal_(self.pos, std=0.02)
+        self.time = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.aligned = nn.Linear(dim, dim)    # h's token j added to c_t's token j (the two are token-aligned)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.transformer = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, dim)
+        self.register_buffer("causal", torch.triu(torch.full((2 * n_tokens + 1,) * 2, float("-inf")), 1),
+                             persistent=False)
+
+    def make_scheduler(self):
+        """The prior's noise schedule (diffusers ``DDPMScheduler``, cosine, predicting ``c_0``)."""
+        return DDPMScheduler(num_train_timesteps=self.config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                             prediction_type="sample", clip_sample=False)
+
+    def _time_token(self, t: torch.Tensor, dtype) -> torch.Tensor:
+        half = self.config.dim // 2
+        freqs = torch.exp(-torch.arange(half, device=t.device).float() * (torch.log(torch.tensor(1e4)) / half))
+        emb = t.float()[:, None] * freqs[None]
+        emb = torch.cat([emb.sin(), emb.cos()], -1)
+        if emb.shape[1] < self.config.dim:
+            emb = F.pad(emb, (0, self.config.dim - emb.shape[1]))
+        return self.time(emb.to(dtype))[:, None]
+
+    def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """``ĉ_0`` predicted from ``c_t`` ``(B, L, d)`` at ``timestep`` ``(B,)`` given ``h`` ``(B, L, d)``."""
+        n = self.config.n_tokens
+        x = torch.cat([condition, self._time_token(timestep, noisy.dtype), noisy + self.aligned(condition)], 1)
+        x = x + self.pos
+        x = self.transformer(x, mask=self.causal.to(x.dtype))
+        return self.out(self.norm(x[:, -n:]))
+
+    def loss(self, condition: torch.Tensor, target: torch.Tensor, scheduler=None) -> torch.Tensor:
+        """``L_prior`` of Eq. 3: the MSE of ``ĉ_0`` against ``c`` at a uniformly drawn timestep."""
+        scheduler = scheduler or self.make_scheduler()
+        t = torch.randint(0, self.config.num_train_timesteps, (len(target),), device=target.device)
+        noise = torch.randn_like(target)
+        noisy = scheduler.add_noise(target, noise, t)
+        return F.mse_loss(self(noisy, t, condition), target)
+
+    @torch.no_grad()
+    def sample(self, condition: torch.Tensor, num_inference_steps: int | None = None) -> torch.Tensor:
+        """``ĉ`` for the backbone outputs ``h``: the reverse process (DDIM, η = 0) from the noise
+        distribution's mean, so a scan's ``ĉ`` is deterministic and does not depend on its batch."""
+        sched = DDIMScheduler.from_config(self.make_scheduler().config)
+        sched.set_timesteps(int(num_inference_steps or self.config.num_inference_steps), device=condition.device)
+        x = torch.zeros_like(condition)
+        for t in sched.timesteps:
+            pred = self(x, t.expand(len(x)).to(condition.device), condition)
+            x = sched.step(pred, t, x).prev_sample
+        return x
+
+
 def align_first_order(z_hat: torch.Tensor, train_mean: torch.Tensor, train_std: torch.Tensor,
                       eps: float = 1e-6) -> torch.Tensor:
     """First-order statistics alignment of decoded latents, NeuralDiffuser Eq. 6–7.
@@ -351,6 +439,8 @@ class NeuralDiffuserModel(BrainConditioner, ModelMixin):
         Whose voxels this conditioner reads (one of ``voxel_encoder.subjects``).
     latent_mean, latent_std : Tensor ``(c,)``, optional
         Per-channel statistics of the training latents (Eq. 7's ``μ_tr``, ``σ_tr``).
+    text_prior : DiffusionPrior, optional
+        Eq. 3's prior after ``f_c``: ``ĉ`` is then its sample given ``f_c``'s output.
     """
 
     input_kind = "voxels"
@@ -358,9 +448,11 @@ class NeuralDiffuserModel(BrainConditioner, ModelMixin):
 
     def __init__(self, voxel_encoder: VoxelEncoder, text_decoder: MixerDecoder, latent_decoder: LatentDecoder,
                  feature_decoders: dict | None = None, subject: str | None = None,
-                 latent_mean: torch.Tensor | None = None, latent_std: torch.Tensor | None = None):
+                 latent_mean: torch.Tensor | None = None, latent_std: torch.Tensor | None = None,
+                 text_prior: DiffusionPrior | None = None):
         super().__init__()
         self.voxel_encoder, self.text_decoder, self.latent_decoder = voxel_encoder, text_decoder, latent_decoder
+        self.text_prior = text_prior
         self.feature_decoders = nn.ModuleDict({str(int(k)): v for k, v in (feature_decoders or {}).items()})
         subject = voxel_encoder.subjects[0] if subject is None else subject
         if subject not in voxel_encoder.subjects:
@@ -396,7 +488,10 @@ class NeuralDiffuserModel(BrainConditioner, ModelMixin):
         z = self.latent_decoder(h).prediction
         if len(self.latent_stats) and len(z) >= 2:          # Eq. 6-7 need a set of decoded latents
             z = align_first_order(z, self.latent_stats[0], self.latent_stats[1])
-        return {"text_condition": self.text_decoder(h_sem).prediction, "init_latents": z,
+        c = self.text_decoder(h_sem).prediction
+        if self.text_prior is not None:                      # Eq. 3: ĉ is the prior's sample given f_c's output
+            c = self.text_prior.sample(c)
+        return {"text_condition": c, "init_latents": z,
                 "features": {int(k): d(h).prediction for k, d in self.feature_decoders.items()}}
 
     def unet_inputs(self, state, latents, timestep, branch, step, control_scale, uncond_context) -> dict:
@@ -456,14 +551,17 @@ class NeuralDiffuserModel(BrainConditioner, ModelMixin):
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory) -> Path:
-        """Write ``voxel_encoder/``, ``text_decoder/``, ``latent_decoder/``, ``feature_decoder_<l>/`` and
-        ``neuraldiffuser.json`` (subject, layers, latent statistics) atomically; return the folder."""
+        """Write ``voxel_encoder/``, ``text_decoder/``, ``latent_decoder/``, ``feature_decoder_<l>/``,
+        ``text_prior/`` (when there is one) and ``neuraldiffuser.json`` (subject, layers, latent
+        statistics) atomically; return the folder."""
         save_directory = Path(save_directory)
         with atomic_dir(save_directory) as tmp:
             for name in ("voxel_encoder", "text_decoder", "latent_decoder"):
                 getattr(self, name).save_pretrained(tmp / name)
             for k, d in self.feature_decoders.items():
                 d.save_pretrained(tmp / f"feature_decoder_{k}")
+            if self.text_prior is not None:
+                self.text_prior.save_pretrained(tmp / "text_prior")
             stats = self.latent_stats.tolist() if len(self.latent_stats) else None
             write_json(tmp / "neuraldiffuser.json", {"subject": self.subject,
                                                      "feature_layers": [int(k) for k in self.feature_decoders],
@@ -484,7 +582,9 @@ class NeuralDiffuserModel(BrainConditioner, ModelMixin):
         meta = read_json(directory / "neuraldiffuser.json", "Write the folder again with NeuralDiffuserModel.save_pretrained.")
         feats = {int(k): MixerDecoder.from_pretrained(directory / f"feature_decoder_{k}", **kwargs)
                  for k in meta.get("feature_layers") or []}
+        prior = (DiffusionPrior.from_pretrained(directory / "text_prior", **kwargs)
+                 if (directory / "text_prior" / "config.json").is_file() else None)
         return cls(VoxelEncoder.from_pretrained(directory / "voxel_encoder", **kwargs),
                    MixerDecoder.from_pretrained(directory / "text_decoder", **kwargs),
                    LatentDecoder.from_pretrained(directory / "latent_decoder", **kwargs), feats, meta["subject"],
-                   meta.get("latent_mean"), meta.get("latent_std"))
+                   meta.get("latent_mean"), meta.get("latent_std"), prior)

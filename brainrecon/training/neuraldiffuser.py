@@ -34,13 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataNotFoundError, InvalidInputError
+from ..errors import DataNotFoundError, InvalidInputError, check_range
 from ..figures import Figure
 from ..io import atomic_dir, write_json
 from ..metrics.retrieval import retrieval
 from ..models.index import INDEX_NAME, write_index
-from ..models.neuraldiffuser import (LatentDecoder, MixerDecoder, NeuralDiffuserModel, VoxelEncoder, mixco_loss,
-                                     mixco_mix, soft_clip_loss)
+from ..models.neuraldiffuser import (DiffusionPrior, LatentDecoder, MixerDecoder, NeuralDiffuserModel, VoxelEncoder,
+                                     mixco_loss, mixco_mix, soft_clip_loss)
 from .cache import StageData, cache_stage_data
 from .run import RunConfig, RunContext
 
@@ -63,6 +63,8 @@ class NeuralDiffuserConfig(RunConfig):
     temperature: float = 0.05
     mixco_beta: float = 0.15
     dropout: float = 0.15
+    prior_weight: float = 0.0      # α of Eq. 3; > 0 adds the diffusion prior after f_c (and drops f_c's MSE)
+    prior_depth: int = 2
 
     @property
     def subjects(self) -> tuple | None:
@@ -74,6 +76,9 @@ class NeuralDiffuserConfig(RunConfig):
                   n_eval=30, progress=False)
     _DEFAULT = dict(steps=800, pretrain_steps=1500, batch_size=32, lr=1e-3, warmup_steps=50, checkpoint_every=200,
                     n_eval=300)
+
+
+_PRIOR_SCHEDULERS: dict = {}
 
 
 def _loss(m: NeuralDiffuserModel, v, subject, y_text, y_lat, y_feat, cfg, mixco: bool):
@@ -88,14 +93,19 @@ def _loss(m: NeuralDiffuserModel, v, subject, y_text, y_lat, y_feat, cfg, mixco:
         return soft_clip_loss(out.projection, target, tau)
 
     out_c = m.text_decoder(h)
-    l_c = F.mse_loss(out_c.prediction, y_text)
     k_c = contrast(m.text_decoder, out_c, y_text.flatten(1))
+    if m.text_prior is not None:     # Eq. 3: L_c = L_mix|soft + α·L_prior, the prior conditioned on f_c's output
+        l_c = cfg.prior_weight * m.text_prior.loss(out_c.prediction, y_text, _PRIOR_SCHEDULERS.setdefault(
+            m.text_prior.config.num_train_timesteps, m.text_prior.make_scheduler()))
+    else:                            # no prior: f_c's output is ĉ, regressed by MSE
+        l_c = F.mse_loss(out_c.prediction, y_text)
     out_z = m.latent_decoder(h)
     g = m.latent_decoder.config.grid_size
     l_z = F.l1_loss(out_z.prediction, y_lat)
     k_z = soft_clip_loss(out_z.projection, F.adaptive_avg_pool2d(y_lat, g).flatten(1), tau)
     loss = l_c + w * k_c + l_z + w * k_z
-    logs = {"text_mse": l_c.detach(), "latent_mae": l_z.detach(), "contrast_text": k_c.detach()}
+    logs = {"prior_loss" if m.text_prior is not None else "text_mse": l_c.detach(), "latent_mae": l_z.detach(),
+            "contrast_text": k_c.detach()}
     for k, dec in m.feature_decoders.items():
         out_g = dec(h)
         y = y_feat[int(k)]
@@ -132,13 +142,15 @@ def _new_model(cfg, bb, voxel_counts: dict) -> NeuralDiffuserModel:
     kw = dict(n_tokens=cfg.mixer_tokens, token_dim=cfg.mixer_dim, projection_hidden=2 * cfg.mixer_dim,
               dropout=cfg.dropout)
     grid = max(1, side // 2)
+    prior = (DiffusionPrior(int(bb.text_length), int(bb.text_embed_dim), depth=cfg.prior_depth)
+             if cfg.prior_weight > 0 else None)
     return NeuralDiffuserModel(
         VoxelEncoder(voxel_counts, cfg.hidden_dim),
         MixerDecoder(cfg.hidden_dim, int(bb.text_length), int(bb.text_embed_dim), **kw),
         LatentDecoder(cfg.hidden_dim, c, side, grid_size=grid, grid_channels=4 * c, projection_channels=c,
                       dropout=cfg.dropout),
         {k: MixerDecoder(cfg.hidden_dim, t[0], t[1], **kw) for k, t in (n_tok or {}).items()},
-        subject=next(iter(voxel_counts)))
+        subject=next(iter(voxel_counts)), text_prior=prior)
 
 
 def _phase(ctx, model, data, subjects, steps, cfg, phase):
@@ -203,6 +215,7 @@ def train_neuraldiffuser(config: NeuralDiffuserConfig, world=None, backbone=None
         Else ``config.backbone`` is loaded.
     """
     cfg = config
+    check_range("prior_weight", cfg.prior_weight, 0.0, None, float)
     with RunContext(cfg, "neuraldiffuser", world=world) as ctx:
         bb = ctx.backbone(backbone)
         target = ctx.subjects([cfg.subject], ())[0]
