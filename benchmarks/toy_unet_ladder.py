@@ -114,6 +114,9 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_ema_lr3e-4": (dict(lr=3e-4), "v_ema", "v_ema at lr 3e-4 instead of 1e-3"),
     "v_one_object": (dict(max_objects=1), "v_pred",
                      "v_pred on a world of one object per scene (training and judged captions; same backgrounds)"),
+    "v_label_one_object": (dict(cond="label", label_path="class_embed"), "v_one_object",
+                           "v_one_object conditioned on the true category + colour through the time embedding: "
+                           "the MNIST-like class-conditional problem (run to 8k steps)"),
     "cosine": (dict(schedule="cosine"), "base", "cosine noise schedule"),
     "snr_shift4": (dict(schedule="shift4"), "base",
                    "scaled-linear with every timestep's SNR multiplied by 4 (an 8x8 latent holds far fewer numbers "

@@ -108,3 +108,11 @@ def test_the_demo_runs_feature_guidance_with_baselines_and_retrieval(run, tmp_pa
     # a NeuralDiffuser folder asked for as NeuroPictor is refused before anything runs
     assert main(argv[:-1] + [str(tmp_path / "d2"), "--method", "neuropictor"]) == 2
     assert "holds a neuraldiffuser reconstructor" in capsys.readouterr().err and not (tmp_path / "d2").exists()
+
+
+def test_a_fresh_run_with_the_same_seed_gives_the_same_model(run, tmp_path):
+    """Initial weights are drawn from the config's seed (torch's own initial seed differs per process)."""
+    train_neuraldiffuser(NeuralDiffuserConfig.smoke(output_dir=str(tmp_path / "again")))
+    a = json.loads((run / "metrics.json").read_text())
+    b = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert a["text"] == b["text"] and a["latent"] == b["latent"] and a["retrieval"] == b["retrieval"]

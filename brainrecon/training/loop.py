@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, check_choice, reading
@@ -84,6 +84,9 @@ class FitConfig:
         Show a tqdm progress bar (main process only).
     desc : str
         Label of the progress bar.
+    find_unused_parameters : bool
+        Passed to DistributedDataParallel when several processes train: needed when a step leaves
+        parameters unused (e.g. NeuralDiffuser's per-subject voxel encoders, one subject a step).
     """
 
     max_steps: int
@@ -102,6 +105,7 @@ class FitConfig:
     log_every: int = 10
     progress: bool = True
     desc: str = "train"
+    find_unused_parameters: bool = False
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at optimizer step ``step`` (0-based)."""
@@ -237,7 +241,8 @@ def fit(model: torch.nn.Module, loss_fn: Callable, batches, config: FitConfig,
     check_choice("lr_schedule", config.lr_schedule, ("cosine", "constant"))
     check_choice("mixed_precision", config.mixed_precision, ("no", "fp16", "bf16"))
     cpu = (not torch.cuda.is_available()) if config.cpu is None else bool(config.cpu)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision)
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if config.find_unused_parameters else None
+    accelerator = Accelerator(cpu=cpu, mixed_precision=config.mixed_precision, kwargs_handlers=handlers)
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
     if not params:
         raise CheckpointError("fit() got a model with no trainable parameters.")

@@ -26,8 +26,9 @@ with held-out figures against the mean and shuffled-scan baselines and two-way /
 """
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -115,11 +116,12 @@ def _loss(m: NeuralDiffuserModel, v, subject, y_text, y_lat, y_feat, cfg, mixco:
     return loss, logs
 
 
-def _batches(data: StageData, subjects, batch_size: int, seed: int):
+def _batches(data: StageData, subjects, batch_size: int, seed: int, rank: int = 0):
+    """Batch of ``step``: one subject's scans (voxel counts differ); every process draws its own rows."""
     rows = {s: data.rows(s) for s in subjects}
 
     def get(step):
-        rng = np.random.default_rng([int(seed), 11, int(step)])
+        rng = np.random.default_rng([int(seed), 11, int(step)] + ([int(rank)] if rank else []))
         s = subjects[step % len(subjects)]                    # one subject per batch (voxel counts differ)
         i = torch.as_tensor(rng.integers(0, len(data.voxels[s]), batch_size))
         r = rows[s][i]
@@ -142,15 +144,27 @@ def _new_model(cfg, bb, voxel_counts: dict) -> NeuralDiffuserModel:
     kw = dict(n_tokens=cfg.mixer_tokens, token_dim=cfg.mixer_dim, projection_hidden=2 * cfg.mixer_dim,
               dropout=cfg.dropout)
     grid = max(1, side // 2)
+    parts = (VoxelEncoder(voxel_counts, cfg.hidden_dim),
+             MixerDecoder(cfg.hidden_dim, int(bb.text_length), int(bb.text_embed_dim), **kw),
+             LatentDecoder(cfg.hidden_dim, c, side, grid_size=grid, grid_channels=4 * c, projection_channels=c,
+                           dropout=cfg.dropout),
+             {k: MixerDecoder(cfg.hidden_dim, t[0], t[1], **kw) for k, t in (n_tok or {}).items()})
+    # drawn last, so that the other parts start from the same weights with and without it
     prior = (DiffusionPrior(int(bb.text_length), int(bb.text_embed_dim), depth=cfg.prior_depth)
              if cfg.prior_weight > 0 else None)
-    return NeuralDiffuserModel(
-        VoxelEncoder(voxel_counts, cfg.hidden_dim),
-        MixerDecoder(cfg.hidden_dim, int(bb.text_length), int(bb.text_embed_dim), **kw),
-        LatentDecoder(cfg.hidden_dim, c, side, grid_size=grid, grid_channels=4 * c, projection_channels=c,
-                      dropout=cfg.dropout),
-        {k: MixerDecoder(cfg.hidden_dim, t[0], t[1], **kw) for k, t in (n_tok or {}).items()},
-        subject=next(iter(voxel_counts)), text_prior=prior)
+    return NeuralDiffuserModel(*parts, subject=next(iter(voxel_counts)), text_prior=prior)
+
+
+class _Objective(torch.nn.Module):
+    """The training loss as a module's forward, so that DistributedDataParallel (several processes)
+    sees every pass through the parts and all-reduces their gradients."""
+
+    def __init__(self, model: NeuralDiffuserModel, cfg):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def forward(self, v, subject, y_text, y_lat, y_feat, mixco: bool):
+        return _loss(self.model, v, subject, y_text, y_lat, y_feat, self.cfg, mixco)
 
 
 def _phase(ctx, model, data, subjects, steps, cfg, phase):
@@ -158,12 +172,14 @@ def _phase(ctx, model, data, subjects, steps, cfg, phase):
         return None
     n_mix = int(steps * cfg.mixco_fraction)
 
-    def loss_fn(m, batch, step):
+    def loss_fn(obj, batch, step):
         v, yt, yz, yf = batch
-        return _loss(m, v, subjects[step % len(subjects)], yt, yz, yf, cfg, mixco=step < n_mix)
+        return obj(v, subjects[step % len(subjects)], yt, yz, yf, mixco=step < n_mix)
 
-    return ctx.fit(model, loss_fn, _batches(data, subjects, cfg.batch_size, cfg.seed + len(phase)),
-                   cfg.fit_config(steps, cfg.lr, f"NeuralDiffuser {phase}", tag=len(phase)), phase)
+    fit_cfg = replace(cfg.fit_config(steps, cfg.lr, f"NeuralDiffuser {phase}", tag=len(phase)),
+                      find_unused_parameters=True)       # one subject's voxel encoder per step
+    return ctx.fit(_Objective(model, cfg), loss_fn, _batches(data, subjects, cfg.batch_size, cfg.seed + len(phase),
+                                                             ctx.rank), fit_cfg, phase)
 
 
 @torch.no_grad()
@@ -226,6 +242,7 @@ def train_neuraldiffuser(config: NeuralDiffuserConfig, world=None, backbone=None
                                  feature_layers=layers)
         test = cache_stage_data(ctx.voxel_dataset([target], "test"), bb, progress=False, feature_layers=layers)
         counts = {s: int(train.voxels[s].shape[1]) for s in [*others, target]}
+        torch.manual_seed(cfg.seed)                # the parts' initial weights: the same run gives the same model
         model = _new_model(cfg, bb, {s: counts[s] for s in (others or [target])})
         results = {}
         r = _phase(ctx, model, train, others, cfg.pretrain_steps if others else 0, cfg, "pretrain")
@@ -280,6 +297,10 @@ def ship_neuraldiffuser(run_dir, dest) -> Path:
     model.voxel_encoder.keep_subjects([model.subject])
     with atomic_dir(dest) as d:
         model.save_pretrained(d / "conditioner")
+        for cfg_file in (d / "conditioner").glob("*/config.json"):    # no local path in what ships
+            part = json.loads(cfg_file.read_text())
+            part.pop("_name_or_path", None)
+            write_json(cfg_file, part)
         write_index(d, model)
         shutil.copy2(src / "backbone.json", d / "backbone.json")
         for name in ("metrics.json", "run.json", "config.json"):
