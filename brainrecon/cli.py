@@ -339,6 +339,8 @@ def _cmd_train(args) -> int:
         make = getattr(NeuralDiffuserConfig, args.preset)
         out = train_neuraldiffuser(make(output_dir=args.out, subject=args.subject, threads=args.threads,
                                         prior_weight=args.prior_weight))
+        if os.environ.get("RANK", "0") != "0":        # torchrun / accelerate launch: the main process reports
+            return 0
         print(f"wrote {out}/ (reconstructor/, metrics.json, run.json)")
         if args.ship_to:
             print(f"shipped {ship_neuraldiffuser(out, args.ship_to)}/ (the subject's voxel encoder only)")

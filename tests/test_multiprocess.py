@@ -41,3 +41,22 @@ def test_two_processes_match_one_within_noise(tmp_path):
         key = "mse" if run == "i_encoder" else "noise_mse"
         assert two[key] == pytest.approx(one[key], rel=0.05), (run, one[key], two[key])
         assert one[key] != two[key]          # the second process really contributed its own batches
+
+
+@pytest.mark.slow
+def test_neuraldiffuser_trains_on_two_processes(tmp_path):
+    """Its loss is a module's forward (DDP sees every pass), one subject's voxel encoder a step
+    (find_unused_parameters), and each rank draws its own batches: two processes train and save once."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this python")
+    out = tmp_path / "nd"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "brainrecon.cli", "train", "neuraldiffuser",
+           "--preset", "smoke", "--out", str(out), "--threads", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("wrote ") == 1                       # the main process reports (and writes) once
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["losses"]["finetune"]["steps"] == 20 and m["losses"]["pretrain"]["loss_final"] < m["losses"]["pretrain"]["loss_first"]
+    assert (out / "reconstructor" / "model_index.json").is_file()
