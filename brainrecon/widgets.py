@@ -334,8 +334,9 @@ def view_feature_guidance(pipe, voxels, targets=None, captions=None, n: int = 4,
     Parameters
     ----------
     pipe : BrainToImagePipeline
-        A reconstructor whose conditioner has feature targets (NeuralDiffuser: call
-        ``pipe.conditioner.attach_backbone(backbone)`` first).
+        A reconstructor whose conditioner has feature targets and its backbone attached (NeuralDiffuser:
+        ``load_reconstructor`` attaches it; a pipeline built by hand needs
+        ``pipe.conditioner.attach_backbone(backbone)``).
     voxels : Tensor ``(N, V)``
         Test scans of the conditioner's subject.
     targets : array ``(N, 3, S, S)``, optional

@@ -13,7 +13,7 @@ from brainrecon.backbones.toy import (MODEL_MAX_LENGTH, make_toy_image_encoder, 
 from brainrecon.data.scenes import make_scenes, vocabulary
 from brainrecon.errors import DataNotFoundError
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")   # module-level set_num_threads is undone by other files' fixtures
 
 
 # ----------------------------------------------------------------------------- tokenizer

@@ -10,7 +10,7 @@ from brainrecon.errors import InvalidInputError
 from brainrecon.models import (LatentDecoder, MixerDecoder, VoxelEncoder, align_first_order, mixco_loss,
                                mixco_mix, soft_clip_loss)
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")   # module-level set_num_threads is undone by other files' fixtures
 
 
 def test_voxel_encoder_maps_each_subjects_own_voxel_count_into_one_space(tmp_path):

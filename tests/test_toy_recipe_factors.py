@@ -15,7 +15,7 @@ from brainrecon.backbones.toy import make_toy_scheduler, make_toy_unet, make_toy
 from brainrecon.data.scenes import make_scenes
 from brainrecon.errors import InvalidInputError
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")   # module-level set_num_threads is undone by other files' fixtures
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -6,7 +6,7 @@ import torch
 
 from brainrecon.training import FitConfig, fit, latest_checkpoint
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")   # module-level set_num_threads is undone by other files' fixtures
 
 
 class _Killed(RuntimeError):

@@ -17,17 +17,25 @@ _ERRORS = ("() => [...document.querySelectorAll('.jp-OutputArea-output[data-mime
            ".jp-OutputArea-output[data-mime-type*=\"error\"]')].map(e => e.innerText).join('\\n')")
 
 
-def run_all_until_explorer(page, timeout_s: float = 420, log_path=None) -> None:
+_RUN_ALL = ("() => { const p = document.querySelector('.jp-NotebookPanel');"
+            " if (p) window.jupyterapp.shell.activateById(p.id);"
+            " window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }")
+
+
+def run_all_until_explorer(page, timeout_s: float = 420, log_path=None, restart_kernel=None) -> None:
     """Lab's Run All Cells until the explorer shows, as a person would press it again.
 
-    Lab can drop a Run All issued while a new kernel still settles, and a widget output that
-    arrives before the widget manager is ready renders as text; so while no cell is queued or
-    running and the explorer is absent, Run All is issued again (every 20 s at most). A traceback
-    in an output fails at once; a timeout fails with the prompts, the outputs and the server log.
+    The command is issued without waiting for it (its promise resolves only when every cell has
+    run), after activating the notebook panel. Lab can drop a Run All issued while a new kernel still
+    settles, and a widget output that arrives before the widget manager is ready renders as text;
+    so while no cell is queued or running and the explorer is absent, Run All is issued again
+    (every 20 s at most). Cells that stay queued for 60 s without one starting mean the kernel
+    never got the requests: ``restart_kernel()`` (if given) restarts it, as a person would, and Run
+    All follows. A traceback in an output fails at once; a timeout fails with the prompts, the
+    outputs and the server log.
     """
     end = time.monotonic() + timeout_s
-    last_issue = -1e9
-    issued = 0
+    last_issue, queued_since, issued, restarts = -1e9, None, 0, 0
     while time.monotonic() < end:
         if page.evaluate(_EXPLORER_SHOWN):
             return
@@ -36,15 +44,24 @@ def run_all_until_explorer(page, timeout_s: float = 420, log_path=None) -> None:
             raise AssertionError(f"a notebook cell failed:\n{errors[-3000:]}")
         prompts = page.evaluate(_PROMPTS)
         busy = any("*" in p for p in prompts)
-        if not busy and time.monotonic() - last_issue > 20:
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            last_issue, issued = time.monotonic(), issued + 1
+        started = any(any(c.isdigit() for c in p) for p in prompts)
+        now = time.monotonic()
+        queued_since = (queued_since or now) if busy and not started else None
+        if queued_since is not None and now - queued_since > 60 and restart_kernel is not None and restarts < 2:
+            print(f"cells queued {now - queued_since:.0f} s and none started: restarting the kernel")
+            restart_kernel()
+            restarts, queued_since, last_issue = restarts + 1, None, -1e9
+            page.wait_for_timeout(5000)
+            continue
+        if not busy and now - last_issue > 20:
+            page.evaluate(_RUN_ALL)
+            last_issue, issued = now, issued + 1
             print(f"Run All #{issued} issued (prompts: {' '.join(prompts)})")
         page.wait_for_timeout(1000)
     log = log_path.read_text()[-3000:] if log_path is not None else ""
-    raise AssertionError(f"the explorer did not show in {timeout_s:.0f} s after {issued} Run All; prompts: "
-                         f"{page.evaluate(_PROMPTS)}\noutputs:\n{page.inner_text('.jp-Notebook')[-3000:]}"
-                         f"\nserver log:\n{log}")
+    raise AssertionError(f"the explorer did not show in {timeout_s:.0f} s after {issued} Run All and {restarts} "
+                         f"kernel restarts; prompts: {page.evaluate(_PROMPTS)}\noutputs:\n"
+                         f"{page.inner_text('.jp-Notebook')[-3000:]}\nserver log:\n{log}")
 
 
 def status(page) -> str:

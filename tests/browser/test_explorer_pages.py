@@ -1,5 +1,7 @@
 """The explorer as a person sees it: served by Voilà and opened in JupyterLab, driven in Chromium."""
+import json
 import time
+import urllib.request
 
 from brainrecon.servers import lab_command, write_explorer_notebook
 from conftest import Server, free_port, server_env, venv_tool
@@ -14,6 +16,16 @@ def _check(states):
     assert "α = 0.5 · CFG = 2" in states["cfg"]["status"] and "semantics of scan 1" in states["swap"]["status"]
     assert len({s["panel"] for s in states.values()}) == 4          # every move changed what is shown
     assert all(states[k]["round_trip_s"] > 0 for k in ("alpha", "cfg", "swap"))
+
+
+def _restart_kernels(port: int, token: str) -> None:
+    """Restart the server's kernels through its REST API (what Kernel > Restart does)."""
+    base = f"http://127.0.0.1:{port}/api/kernels"
+    with urllib.request.urlopen(f"{base}?token={token}", timeout=30) as r:
+        kernels = json.loads(r.read())
+    for k in kernels:
+        req = urllib.request.Request(f"{base}/{k['id']}/restart?token={token}", data=b"", method="POST")
+        urllib.request.urlopen(req, timeout=120).close()
 
 
 def test_voila_explorer_page_shows_images_and_follows_the_controls(browser, tmp_path, screenshots):
@@ -61,7 +73,8 @@ def test_jupyterlab_opens_the_py_notebook_and_renders_the_explorer(browser, tmp_
                                "'notebook:run-all-cells')", timeout=120_000)
         page.locator(".jp-Notebook").first.click()
         t = time.monotonic()
-        run_all_until_explorer(page, log_path=srv.log_path)
+        run_all_until_explorer(page, log_path=srv.log_path,
+                               restart_kernel=lambda: _restart_kernels(port, token))
         print(f"lab explorer ready in {time.monotonic() - t:.0f} s")
         assert no_figure_text(page)
         _check(drive_explorer(page, screenshots, "lab"))
