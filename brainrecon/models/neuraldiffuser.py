@@ -343,6 +343,7 @@ class DiffusionPrior(ModelMixin, ConfigMixin):
         self.out = nn.Linear(dim, dim)
         self.register_buffer("causal", torch.triu(torch.full((2 * n_tokens + 1,) * 2, float("-inf")), 1),
                              persistent=False)
+        self.scheduler = self.make_scheduler()          # the training schedule (not a module: never saved)
 
     def make_scheduler(self):
         """The prior's noise schedule (diffusers ``DDPMScheduler``, cosine, predicting ``c_0``)."""
@@ -368,7 +369,7 @@ class DiffusionPrior(ModelMixin, ConfigMixin):
 
     def loss(self, condition: torch.Tensor, target: torch.Tensor, scheduler=None) -> torch.Tensor:
         """``L_prior`` of Eq. 3: the MSE of ``ĉ_0`` against ``c`` at a uniformly drawn timestep."""
-        scheduler = scheduler or self.make_scheduler()
+        scheduler = scheduler or self.scheduler
         t = torch.randint(0, self.config.num_train_timesteps, (len(target),), device=target.device)
         noise = torch.randn_like(target)
         noisy = scheduler.add_noise(target, noise, t)
@@ -378,7 +379,7 @@ class DiffusionPrior(ModelMixin, ConfigMixin):
     def sample(self, condition: torch.Tensor, num_inference_steps: int | None = None) -> torch.Tensor:
         """``ĉ`` for the backbone outputs ``h``: the reverse process (DDIM, η = 0) from the noise
         distribution's mean, so a scan's ``ĉ`` is deterministic and does not depend on its batch."""
-        sched = DDIMScheduler.from_config(self.make_scheduler().config)
+        sched = DDIMScheduler.from_config(self.scheduler.config)
         sched.set_timesteps(int(num_inference_steps or self.config.num_inference_steps), device=condition.device)
         x = torch.zeros_like(condition)
         for t in sched.timesteps:

@@ -79,9 +79,6 @@ class NeuralDiffuserConfig(RunConfig):
                     n_eval=300)
 
 
-_PRIOR_SCHEDULERS: dict = {}
-
-
 def _loss(m: NeuralDiffuserModel, v, subject, y_text, y_lat, y_feat, cfg, mixco: bool):
     w, tau = cfg.contrastive_weight, cfg.temperature
     h = m.voxel_encoder(v, subject)
@@ -96,8 +93,7 @@ def _loss(m: NeuralDiffuserModel, v, subject, y_text, y_lat, y_feat, cfg, mixco:
     out_c = m.text_decoder(h)
     k_c = contrast(m.text_decoder, out_c, y_text.flatten(1))
     if m.text_prior is not None:     # Eq. 3: L_c = L_mix|soft + α·L_prior, the prior conditioned on f_c's output
-        l_c = cfg.prior_weight * m.text_prior.loss(out_c.prediction, y_text, _PRIOR_SCHEDULERS.setdefault(
-            m.text_prior.config.num_train_timesteps, m.text_prior.make_scheduler()))
+        l_c = cfg.prior_weight * m.text_prior.loss(out_c.prediction, y_text)
     else:                            # no prior: f_c's output is ĉ, regressed by MSE
         l_c = F.mse_loss(out_c.prediction, y_text)
     out_z = m.latent_decoder(h)
