@@ -171,14 +171,28 @@ class ExplorerView(W.VBox):
         ax_r.set_title(f"{method}\n{self._settings()}", fontsize=8)
         for ax in (ax_t, ax_r):
             _strip(ax)
-        plot_flatmap(data["maps"][i], self.reconstructors[(method, subject)].make_projector(), ax=ax_m,
-                     colorbar=False, title=f"input: {subject}, scan {i}")
+        self._plot_input(ax_m, self.reconstructors[(method, subject)], data["maps"][i], f"input: {subject}, scan {i}")
         fig.suptitle(data["captions"][i][:90], fontsize=8)
         self.figure = fig
         self.panel.value = figure_to_png(fig)
         self.status.value = f"{method} · {subject} · scan {i} · {self._settings()}"
         self.draw_methods()
         return fig
+
+    @staticmethod
+    def _plot_input(ax, pipe, scan, title: str) -> None:
+        """The scan as the method reads it: a flatmap, or (voxel methods) the voxel vector as a grid."""
+        if getattr(pipe.conditioner, "input_kind", "flatmap") == "flatmap":
+            plot_flatmap(scan, pipe.make_projector(), ax=ax, colorbar=False, title=title)
+            return
+        v = scan.float().flatten().numpy()
+        side = int(np.ceil(np.sqrt(len(v))))
+        grid = np.full(side * side, np.nan)
+        grid[:len(v)] = v
+        lim = float(np.nanmax(np.abs(v))) or 1.0
+        ax.imshow(grid.reshape(side, side), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_title(f"{title} ({len(v)} voxels)", fontsize=9)
+        _strip(ax)
 
     def draw_methods(self):
         """Redraw the methods row (the seen image, then every method on the current scan)."""

@@ -116,3 +116,25 @@ def test_a_fresh_run_with_the_same_seed_gives_the_same_model(run, tmp_path):
     a = json.loads((run / "metrics.json").read_text())
     b = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert a["text"] == b["text"] and a["latent"] == b["latent"] and a["retrieval"] == b["retrieval"]
+
+
+def test_the_explorer_shows_a_voxel_method_with_its_voxels_as_input(run):
+    """A NeuralDiffuser reconstructor on the explorer page: its input panel is the voxel vector (no
+    flatmap projector), its reconstruction starts from ẑ at its default strength (0.75, Algorithm 1)."""
+    from brainrecon.explorer import view_explorer
+    from brainrecon.sampling import load_reconstructor
+
+    pipe = load_reconstructor(run / "reconstructor")
+    assert pipe.conditioner.default_strength == 0.75
+    view = view_explorer([pipe], n_test=2, num_inference_steps=4, world_preset="smoke")
+    assert view.status.value.startswith("neuraldiffuser · subj01 · scan 0")
+    titles = [ax.get_title() for ax in view.figure.axes]
+    assert any("voxels)" in t for t in titles) and len(view.panel.value) > 5000
+    before = view.reconstruction.clone()
+    view.scan.value = 1
+    assert not torch.equal(before, view.reconstruction)
+    v = torch.randn(2, pipe.map_shape[0])
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]          # noqa: E731
+    default = pipe(v, num_inference_steps=4, generator=gens()).images
+    assert torch.equal(default, pipe(v, strength=0.75, num_inference_steps=4, generator=gens()).images)
+    assert not torch.equal(default, pipe(v, strength=1.0, num_inference_steps=4, generator=gens()).images)

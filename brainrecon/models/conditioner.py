@@ -46,6 +46,9 @@ class BrainConditioner:
         return torch.nn.Module.to(self, *args, **kwargs)
     #: names of state tensors a ``callback_on_step_end`` may read and replace (besides ``latents``).
     callback_tensors: tuple = ()
+    #: the pipeline's ``strength`` when a call gives none (1: from noise; < 1: img2img from
+    #: :meth:`initial_latents`).
+    default_strength: float = 1.0
 
     def input_shape(self) -> tuple:
         """Shape of one scan: ``(C, H, W)`` for flatmaps, ``(V,)`` for voxels."""

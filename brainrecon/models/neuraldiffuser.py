@@ -446,6 +446,7 @@ class NeuralDiffuserModel(BrainConditioner, ModelMixin):
 
     input_kind = "voxels"
     callback_tensors = ("text_condition", "init_latents")
+    default_strength = 0.75        # Algorithm 1 from ẑ; the official recon.py's strength (37 of 50 steps)
 
     def __init__(self, voxel_encoder: VoxelEncoder, text_decoder: MixerDecoder, latent_decoder: LatentDecoder,
                  feature_decoders: dict | None = None, subject: str | None = None,

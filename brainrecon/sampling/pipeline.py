@@ -203,7 +203,7 @@ class BrainToImagePipeline(DiffusionPipeline):
                  latents: torch.Tensor | None = None, eta: float = 0.0, output_type: str = "pt",
                  return_dict: bool = True, callback_on_step_end=None,
                  callback_on_step_end_tensor_inputs=("latents",), control_guidance_start: float = 0.0,
-                 control_guidance_end: float = 1.0, strength: float = 1.0,
+                 control_guidance_end: float = 1.0, strength: float | None = None,
                  init_latents: torch.Tensor | None = None, feature_guidance_scale: float = 0.0,
                  feature_guidance_strength: float = 0.2):
         """Reconstruct images from scans.
@@ -243,10 +243,11 @@ class BrainToImagePipeline(DiffusionPipeline):
             The share of the steps run in which the conditioner's control (NeuroPictor: the LLMN
             residuals) is applied (diffusers' ControlNet window): step ``i`` of ``n`` uses ``α`` when
             ``start ≤ i/n`` and ``(i+1)/n ≤ end``, else 0.
-        strength : float
+        strength : float, optional
             img2img η ∈ (0, 1]: run the last ``round(strength · steps)`` steps from ``init_latents``
             (or the conditioner's :meth:`initial_latents`) noised to the first of them; 1 starts
-            from noise.
+            from noise. Default: the conditioner's ``default_strength`` (NeuroPictor 1; NeuralDiffuser
+            0.75, Algorithm 1's).
         init_latents : Tensor ``(B, c, h, w)``, optional
             Clean latents img2img starts from (default: the conditioner's, if it has any).
         feature_guidance_scale : float
@@ -267,6 +268,7 @@ class BrainToImagePipeline(DiffusionPipeline):
         self.check_inputs(maps, semantic_source, latents, output_type, callback_on_step_end_tensor_inputs)
         gs = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        strength = float(getattr(cond, "default_strength", 1.0)) if strength is None else strength
         gs, steps, alpha, eta, strength, kappa, eta_fg = _check_settings(
             gs, steps, control_scale, eta, strength, feature_guidance_scale, feature_guidance_strength)
         self._guidance_scale, self._num_timesteps = gs, steps
