@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from brainrecon.backbones import load_backbone
 from brainrecon.metrics import plot_reconstruction_grid
 from brainrecon.plotting import save_figure
 from brainrecon.sampling import evaluate_retrieval, load_reconstructor, make_test_maps, sweep_feature_guidance
@@ -42,8 +41,7 @@ def main(argv=None):
     cfg = json.loads((run / "config.json").read_text())
     _, world = load_stage_world("toy", cfg.get("toy_preset", "default"), int(cfg.get("seed", 0)),
                                 toy_n_test=cfg.get("toy_n_test"))
-    pipe = load_reconstructor(run / "reconstructor")
-    pipe.conditioner.attach_backbone(load_backbone("toy"))
+    pipe = load_reconstructor(run / "reconstructor")          # its backbone attached (guidance, retrieval)
     pipe.set_progress_bar_config(disable=True)
     subject = cfg.get("subject", "subj01")
     test = make_test_maps(pipe, world, subject)

@@ -96,11 +96,12 @@ def seconds_per_image(**kw):
 
 kappa = max(KAPPAS)
 timing = {"unguided": seconds_per_image(feature_guidance_scale=0.0)}
-timing.update({f"eta={e:g}": seconds_per_image(feature_guidance_scale=kappa, feature_guidance_strength=e)
-               for e in ETAS})
-steps_run = round(NUM_INFERENCE_STEPS * STRENGTH)
-guided_steps = {f"eta={e:g}": round(e * steps_run) for e in ETAS}
-print({k: f"{v:.3f} s ({v / timing['unguided']:.2f}×)" for k, v in timing.items()}, "guided steps:", guided_steps)
+steps_run, guided_steps = pipe.num_steps_run, {}
+for e in ETAS:
+    timing[f"eta={e:g}"] = seconds_per_image(feature_guidance_scale=kappa, feature_guidance_strength=e)
+    guided_steps[f"eta={e:g}"] = pipe.num_guided_steps        # what the last call guided
+print({k: f"{v:.3f} s ({v / timing['unguided']:.2f}×)" for k, v in timing.items()},
+      f"guided steps of {steps_run}:", guided_steps)
 
 # %%
 write_json(out / "metrics.json", {

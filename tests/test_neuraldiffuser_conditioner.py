@@ -78,6 +78,20 @@ def test_feature_guidance_lowers_eq14_and_eta_sets_how_many_steps_it_acts(bb, vo
         z = p(vox, feature_guidance_scale=kappa, feature_guidance_strength=eta, generator=gens(3), **kw).images
         final[(kappa, eta)] = float(loss(z))
     assert final[(2e-3, 1.0)] < final[(2e-3, 0.5)] < final[(0.0, 0.2)], final
+    # the count the pipeline reports is the number of steps whose loss was evaluated (the first ones)
+    calls, targets = [], m.feature_targets
+
+    def counted(state):
+        fn = targets(state)
+        return lambda est: (calls.append(1), fn(est))[1]
+    m.feature_targets = counted
+    for eta in (0.2, 0.5, 1.0):
+        calls.clear()
+        p(vox, feature_guidance_scale=2e-3, feature_guidance_strength=eta, generator=gens(3), **kw)
+        assert p.num_guided_steps == len(calls) == int(p.num_steps_run * eta), (eta, len(calls))
+    p(vox, generator=gens(3), **kw)
+    assert p.num_guided_steps == 0 and p.num_steps_run == round(STEPS * 0.75)     # the default strength
+    del m.feature_targets
     # Eq. 12: the loss sees sqrt(1-a) x0 + (1 - sqrt(1-a)) x_t
     x0, xt, a = torch.ones(1, 2, 2, 2), torch.zeros(1, 2, 2, 2), torch.tensor(0.75)
     assert torch.allclose(m.guidance_estimate(x0, xt, a), torch.full_like(x0, 0.5))

@@ -136,8 +136,7 @@ def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | 
         bb = load_backbone(_resolve_backbone(d, settings.get("backbone")), device=device, dtype=dtype)
         model.to(device or "cpu")
         pipe = cls.from_backbone(bb, model if dtype is None else model.to(dtype), **defaults)
-        if hasattr(model, "attach_backbone"):   # NeuralDiffuser's guidance and retrieval read its image encoder
-            model.attach_backbone(bb)
+        model.attach_backbone(bb)      # a BrainConditioner (resolve_conditioner checks); NeuralDiffuser reads it
     else:
         pipe = _from_parts(cls, d, model, defaults, settings, device, dtype)
     pipe.info = _info(d, settings)

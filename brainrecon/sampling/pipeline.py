@@ -197,6 +197,17 @@ class BrainToImagePipeline(DiffusionPipeline):
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
+    @property
+    def num_steps_run(self) -> int:
+        """Denoising steps the last call ran (``round(strength · num_inference_steps)`` for img2img)."""
+        return self._num_steps_run
+
+    @property
+    def num_guided_steps(self) -> int:
+        """Of those, how many carried the feature-guidance gradient (``int(steps run · η)``, the first
+        ones, as the official NeuralDiffuser code counts them; 0 without guidance)."""
+        return self._num_guided_steps
+
     @torch.no_grad()
     def __call__(self, maps, control_scale: float = 1.0, guidance_scale: float | None = None,
                  num_inference_steps: int | None = None, generator=None, semantic_source=None,
@@ -304,6 +315,7 @@ class BrainToImagePipeline(DiffusionPipeline):
                 raise InvalidInputError(f"init_latents {tuple(init_latents.shape)} do not match "
                                         f"{tuple(latents.shape)} (batch, unet.in_channels, latent side).")
         n_run = steps if init_latents is None else min(steps, int(round(steps * strength)))
+        self._num_steps_run, self._num_guided_steps = n_run, 0
         alphas = [alpha * (1.0 - float(i / n_run < start or (i + 1) / n_run > end)) for i in range(n_run)]
 
         # 3. the U-Net with what the conditioner hands it at each step
@@ -318,7 +330,7 @@ class BrainToImagePipeline(DiffusionPipeline):
             raise InvalidInputError(f"feature_guidance_scale={kappa} but {type(cond).__name__} has no feature "
                                     f"targets to guide towards; use 0.")
         if loss_fn is not None:
-            n_guided = int(n_run * eta_fg)
+            n_guided = self._num_guided_steps = int(n_run * eta_fg)
 
             def hook(i, t, x, out):
                 if i >= n_guided:
