@@ -17,6 +17,16 @@ _ERRORS = ("() => [...document.querySelectorAll('.jp-OutputArea-output[data-mime
            ".jp-OutputArea-output[data-mime-type*=\"error\"]')].map(e => e.innerText).join('\\n')")
 
 
+def accept_dialog(page) -> bool:
+    """Press the default button of a Lab dialog if one is open (e.g. "Select Kernel"); True if one was."""
+    button = page.locator(".jp-Dialog .jp-mod-accept")
+    if button.count() and button.first.is_visible():
+        button.first.click()
+        page.wait_for_timeout(500)
+        return True
+    return False
+
+
 _RUN_ALL = ("() => { const p = document.querySelector('.jp-NotebookPanel');"
             " if (p) window.jupyterapp.shell.activateById(p.id);"
             " window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }")
@@ -29,14 +39,17 @@ def run_all_until_explorer(page, timeout_s: float = 420, log_path=None, restart_
     run), after activating the notebook panel. Lab can drop a Run All issued while a new kernel still
     settles, and a widget output that arrives before the widget manager is ready renders as text;
     so while no cell is queued or running and the explorer is absent, Run All is issued again
-    (every 20 s at most). Cells that stay queued for 60 s without one starting mean the kernel
-    never got the requests: ``restart_kernel()`` (if given) restarts it, as a person would, and Run
-    All follows. A traceback in an output fails at once; a timeout fails with the prompts, the
+    (every 20 s at most). Cells that stay queued for 150 s without one starting mean the kernel
+    never got the requests: ``restart_kernel()`` (if given) restarts it once, as a person would, and
+    Run All follows; the "Select Kernel" dialog Lab may then show is accepted (:func:`accept_dialog`).
+    (At 60 s this fired on a merely slow kernel in a loaded full-suite run, and the dialog it brought
+    then covered the page.) A traceback in an output fails at once; a timeout fails with the prompts, the
     outputs and the server log.
     """
     end = time.monotonic() + timeout_s
     last_issue, queued_since, issued, restarts = -1e9, None, 0, 0
     while time.monotonic() < end:
+        accept_dialog(page)
         if page.evaluate(_EXPLORER_SHOWN):
             return
         errors = page.evaluate(_ERRORS)
@@ -47,7 +60,7 @@ def run_all_until_explorer(page, timeout_s: float = 420, log_path=None, restart_
         started = any(any(c.isdigit() for c in p) for p in prompts)
         now = time.monotonic()
         queued_since = (queued_since or now) if busy and not started else None
-        if queued_since is not None and now - queued_since > 60 and restart_kernel is not None and restarts < 2:
+        if queued_since is not None and now - queued_since > 150 and restart_kernel is not None and restarts < 1:
             print(f"cells queued {now - queued_since:.0f} s and none started: restarting the kernel")
             restart_kernel()
             restarts, queued_since, last_issue = restarts + 1, None, -1e9

@@ -5,7 +5,7 @@ import urllib.request
 
 from brainrecon.servers import lab_command, write_explorer_notebook
 from conftest import Server, free_port, server_env, venv_tool
-from pages import drive_explorer, no_figure_text, run_all_until_explorer, wait_for_explorer
+from pages import accept_dialog, drive_explorer, no_figure_text, run_all_until_explorer, wait_for_explorer
 
 SMOKE = {"N_TEST": 3, "NUM_INFERENCE_STEPS": 3, "WORLD_PRESET": "smoke"}
 
@@ -76,6 +76,7 @@ def test_jupyterlab_opens_the_py_notebook_and_renders_the_explorer(browser, tmp_
         run_all_until_explorer(page, log_path=srv.log_path,
                                restart_kernel=lambda: _restart_kernels(port, token))
         print(f"lab explorer ready in {time.monotonic() - t:.0f} s")
+        accept_dialog(page)                  # a dialog left over (e.g. after a kernel restart) must not cover it
         assert no_figure_text(page)
         _check(drive_explorer(page, screenshots, "lab"))
     except Exception:
