@@ -44,7 +44,7 @@ BASE = dict(space="latent", vae="shipped", cond="caption", label_path="context",
             prediction="epsilon", channels=(32, 64, 64), attn_levels=(0, 1), layers_per_block=1, lr=1e-3,
             batch=64, min_snr=None, ema=None, pooled_text=False,
             decoder_noise=0.0, norm_groups=None, whiten=False, max_objects=3, label_place=False, coords=False,
-            clip=None)
+            clip=None, pose="random")
 
 #: name -> (factors changed from the parent, parent, what the rung asks).
 RUNGS: dict[str, tuple[dict, str | None, str]] = {
@@ -117,6 +117,14 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_label_one_object": (dict(cond="label", label_path="class_embed"), "v_one_object",
                            "v_one_object conditioned on the true category + colour through the time embedding: "
                            "the MNIST-like class-conditional problem (run to 8k steps)"),
+    "v_label_one_object_upright": (dict(pose="upright"), "v_label_one_object",
+                                   "v_label_one_object with every object upright (rotation 0): is it the rotation?"),
+    "v_label_one_object_centred": (dict(pose="centred"), "v_label_one_object_upright",
+                                   "v_label_one_object_upright with the object at the centre at one size (radius "
+                                   "0.25): the MNIST layout; is it translation and scale?"),
+    "v_label_one_object_white": (dict(whiten=True), "v_label_one_object",
+                                 "v_label_one_object on whitened latents (channel PCA, unit variance): is it the "
+                                 "latent's spectrum, shape in components of 2-5 % of the variance?"),
     "cosine": (dict(schedule="cosine"), "base", "cosine noise schedule"),
     "snr_shift4": (dict(schedule="shift4"), "base",
                    "scaled-linear with every timestep's SNR multiplied by 4 (an 8x8 latent holds far fewer numbers "
@@ -140,7 +148,8 @@ def rung_factors(name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- data
-def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_000, max_objects: int = 3):
+def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_000, max_objects: int = 3,
+               pose: str = "random"):
     """Training scenes (as the package's trainer holds them) and the judged held-out scenes."""
     from brainrecon.backbones.toy import ToyBackboneConfig, make_toy_tokenizer
     from brainrecon.training.toy_backbones import _load_data
@@ -148,8 +157,8 @@ def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_
 
     tok = make_toy_tokenizer()
     data = _load_data(ToyBackboneConfig(n_train=n_train, seed=seed), tok)
-    if max_objects != 3:                       # a simpler world: the same grammar, fewer objects per scene
-        sc = make_scenes(n_train, image_size=32, seed=seed, max_objects=max_objects)
+    if max_objects != 3 or pose != "random":   # a simpler world: the same grammar, fewer objects or fixed poses
+        sc = make_scenes(n_train, image_size=32, seed=seed, max_objects=max_objects, pose=pose)
         data.update(images=torch.from_numpy(sc.images).permute(0, 3, 1, 2).contiguous(), captions=list(sc.captions),
                     ids=tok(sc.captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
                             return_tensors="pt").input_ids,
@@ -158,12 +167,12 @@ def load_world(n_train: int, n_eval: int, seed: int = 0, heldout_seed: int = 10_
     if heldout_seed == 0 and n_eval > n_train:
         # memorising a set smaller than the judged one: each training scene is judged several times, each
         # time from other noise (scene i of the n_eval is training scene i mod n_train)
-        sc = make_scenes(n_train, image_size=32, seed=seed, max_objects=max_objects)
+        sc = make_scenes(n_train, image_size=32, seed=seed, max_objects=max_objects, pose=pose)
         idx = np.arange(n_eval) % n_train
         te = SimpleNamespace(images=sc.images[idx], captions=[sc.captions[i] for i in idx],
                              category=sc.category[idx], colour=sc.colour[idx], bbox=sc.bbox[idx])
         return data, te
-    te = make_scenes(n_eval, image_size=32, seed=heldout_seed, max_objects=max_objects)
+    te = make_scenes(n_eval, image_size=32, seed=heldout_seed, max_objects=max_objects, pose=pose)
     return data, te
 
 
@@ -396,9 +405,9 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     from brainrecon.metrics.backbones import attribute_accuracy
 
     f = rung_factors(name)
-    if f["max_objects"] != 3:
+    if f["max_objects"] != 3 or f["pose"] != "random":
         data, te = load_world(len(data["images"]), len(te.images), heldout_seed=args.heldout_seed,
-                              max_objects=f["max_objects"])
+                              max_objects=f["max_objects"], pose=f["pose"])
     torch.manual_seed(0)
     t_start = time.perf_counter()
     images = data["images"]

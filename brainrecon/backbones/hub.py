@@ -99,6 +99,14 @@ class Backbone:
         return int(self.text_encoder.config.hidden_size)
 
     @property
+    def image_encoder_layers(self) -> int:
+        """Hidden states :meth:`encode_image_features` can return (patch embeddings + one per block; 0
+        without an image encoder)."""
+        if self.image_encoder is None:
+            return 0
+        return int(self.image_encoder.config.num_hidden_layers) + 1
+
+    @property
     def text_length(self) -> int:
         """Tokens per caption (``tokenizer.model_max_length``)."""
         return int(self.tokenizer.model_max_length)

@@ -38,6 +38,7 @@ __all__ = [
     "BACKGROUND_COLOURS",
     "SIZE_WORDS",
     "PLACE_WORDS",
+    "POSES",
     "Scenes",
     "make_scenes",
     "render_masks",
@@ -487,7 +488,13 @@ def _backgrounds(rng, pattern, bg_col, bg_par, S):
     return img.astype(np.float32)
 
 
-def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 3) -> Scenes:
+#: Object poses :func:`make_scenes` can draw (``pose=``).
+POSES: tuple[str, ...] = ("random", "upright", "centred")
+_CENTRED_RADIUS = 0.25       # the main object's radius in the "centred" pose, fraction of the side
+
+
+def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 3,
+                pose: str = "random") -> Scenes:
     """Render ``n`` random scenes.
 
     Parameters
@@ -501,6 +508,12 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
         call equal a call with ``n = m``).
     max_objects : int
         Objects per image are drawn uniformly from 1 to this (1 to 3).
+    pose : {"random", "upright", "centred"}
+        ``"random"`` (the default world): every object at a random place, size and rotation.
+        ``"upright"``: the same places and sizes, every rotation 0 (arrows point right).
+        ``"centred"``: one upright object of radius 0.25 image sides at the centre, an
+        MNIST-like world for diagnosing generators (needs ``max_objects=1``). All three draw
+        the same random stream, so colours, categories and backgrounds agree across poses.
 
     Returns
     -------
@@ -512,6 +525,11 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
         raise InvalidInputError(f"image_size must lie in [8, 256]; got {image_size!r}.")
     if not 1 <= int(max_objects) <= 3:
         raise InvalidInputError(f"max_objects must lie in [1, 3]; got {max_objects!r}.")
+    if pose not in POSES:
+        raise InvalidInputError(f"pose must be one of {POSES}; got {pose!r}.")
+    if pose == "centred" and int(max_objects) != 1:
+        raise InvalidInputError(f"pose='centred' places one object at the centre: pass max_objects=1 "
+                                f"(got {max_objects!r}).")
     S, K = int(image_size), int(max_objects)
     palette = np.array(list(COLOURS.values()), np.float32) / 255.0
     col_names, cat_names = list(COLOURS), list(CATEGORIES)
@@ -526,6 +544,10 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), b0 // BLOCK, K]))
         (n_obj, cats, cols, sizes, rots, centres, pattern, bg_col, bg_par,
          col_jit) = _sample_block(rng, BLOCK, K)
+        if pose != "random":
+            rots[:] = 0.0
+        if pose == "centred":
+            centres[:, 0], sizes[:, 0] = 0.5, _CENTRED_RADIUS
         m = min(BLOCK, n - b0)
         img = _backgrounds(rng, pattern, bg_col, bg_par, S)[:m]
         bboxes = np.zeros((m, K, 4))
@@ -566,7 +588,7 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
             n_objects[b0 + i] = n_obj[i]
     return Scenes(images=images, captions=captions, objects=objects, backgrounds=backgrounds,
                   category=main_cat, colour=main_col, bbox=main_bbox, n_objects=n_objects,
-                  seed=int(seed), meta=dict(image_size=S, max_objects=K))
+                  seed=int(seed), meta=dict(image_size=S, max_objects=K, **({} if pose == "random" else {"pose": pose})))
 
 
 # --------------------------------------------------------------------------- plotting

@@ -36,6 +36,7 @@ from ..errors import InvalidInputError, check_choice, check_range
 from ..models.conditioner import INPUT_KINDS, BrainConditioner
 from .folders import (TOY_RECONSTRUCTOR_DIR, load_reconstructor, load_reconstructor_folder,  # noqa: F401 (re-exports)
                       save_reconstructor_folder)
+from .latent_opt import optimise_latents
 
 __all__ = ["BrainToImagePipeline", "load_reconstructor", "TOY_RECONSTRUCTOR_DIR"]
 
@@ -216,7 +217,8 @@ class BrainToImagePipeline(DiffusionPipeline):
                  callback_on_step_end_tensor_inputs=("latents",), control_guidance_start: float = 0.0,
                  control_guidance_end: float = 1.0, strength: float | None = None,
                  init_latents: torch.Tensor | None = None, feature_guidance_scale: float = 0.0,
-                 feature_guidance_strength: float = 0.2):
+                 feature_guidance_strength: float = 0.2, latent_optimisation_steps: int = 0,
+                 latent_optimisation_lr: float = 0.01):
         """Reconstruct images from scans.
 
         Parameters
@@ -265,7 +267,15 @@ class BrainToImagePipeline(DiffusionPipeline):
             κ ≥ 0: each guided step moves the model output by ``κ √(1−ᾱ_t) ∇_{x_t} L(x̂_0)``, ``L``
             the conditioner's feature loss (:meth:`feature_targets`); 0 switches it off.
         feature_guidance_strength : float
-            The share of the steps run, from the first, that feature guidance acts on (MindDiffuser's η).
+            The share of the steps run, from the first, that feature guidance acts on (NeuralDiffuser's η).
+        latent_optimisation_steps : int
+            MindDiffuser's stage 2 (§3.4, Eq. 5): this many Adam iterations on the decoded text condition
+            and latent, back-propagating the conditioner's feature loss through the sampler
+            (:func:`~brainrecon.sampling.latent_opt.optimise_latents`, which also returns the loss per
+            iteration); 0 (default) is stage 1 alone. Uses ``guidance_scale``, ``num_inference_steps``,
+            ``strength`` and ``generator``; the other settings keep their defaults.
+        latent_optimisation_lr : float
+            Adam's learning rate for it (the official code's 0.01).
 
         Returns
         -------
@@ -274,6 +284,14 @@ class BrainToImagePipeline(DiffusionPipeline):
         """
         cond = self.conditioner
         maps = cond.prepare_scans(maps, "maps")
+        n_opt = check_range("latent_optimisation_steps", latent_optimisation_steps, 0)
+        if n_opt > 0:
+            check_choice("output_type", output_type, _OUTPUT_TYPES[:2])
+            out = optimise_latents(self, maps, iterations=n_opt, lr=latent_optimisation_lr,
+                                   guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                                   strength=strength, generator=generator)
+            images = out.images if output_type == "pt" else out.images.permute(0, 2, 3, 1).numpy()
+            return ImagePipelineOutput(images=images) if return_dict else (images,)
         if semantic_source is not None:
             semantic_source = cond.prepare_scans(semantic_source, "semantic_source")
         self.check_inputs(maps, semantic_source, latents, output_type, callback_on_step_end_tensor_inputs)
@@ -421,7 +439,7 @@ def _feature_guidance(scheduler, x, out, t, loss_fn, kappa: float, estimate=None
     with torch.enable_grad():
         xg = x.detach().float().requires_grad_(True)
         x0 = predict_original_sample(scheduler, xg, out.detach().float(), t)
-        loss = loss_fn(x0 if estimate is None else estimate(x0, xg, ab))
+        loss = loss_fn(x0 if estimate is None else estimate(x0, xg, ab)).sum()     # a scalar, or one per image
         (grad,) = torch.autograd.grad(loss, xg)
     d_eps = kappa * (1 - ab).sqrt() * grad
     kind = scheduler.config.prediction_type
