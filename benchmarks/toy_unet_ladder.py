@@ -44,7 +44,7 @@ BASE = dict(space="latent", vae="shipped", cond="caption", label_path="context",
             prediction="epsilon", channels=(32, 64, 64), attn_levels=(0, 1), layers_per_block=1, lr=1e-3,
             batch=64, min_snr=None, ema=None, pooled_text=False,
             decoder_noise=0.0, norm_groups=None, whiten=False, max_objects=3, label_place=False, coords=False,
-            clip=None, pose="random")
+            clip=None, pose="random", time_shift="default")
 
 #: name -> (factors changed from the parent, parent, what the rung asks).
 RUNGS: dict[str, tuple[dict, str | None, str]] = {
@@ -122,6 +122,15 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_label_one_object_centred": (dict(pose="centred"), "v_label_one_object_upright",
                                    "v_label_one_object_upright with the object at the centre at one size (radius "
                                    "0.25): the MNIST layout; is it translation and scale?"),
+    "v_label_one_object_centred_scale_shift": (
+        dict(time_shift="scale_shift"), "v_label_one_object_centred",
+        "v_label_one_object_centred with the time (and class) embedding applied after each ResNet block's "
+        "GroupNorm as a scale and shift (ADM's AdaGN, diffusers resnet_time_scale_shift='scale_shift'): the shipped "
+        "32 groups of 32 channels are instance norm, which subtracts a per-channel offset added before it"),
+    "v_label_one_object_centred_groups8": (
+        dict(norm_groups=8), "v_label_one_object_centred",
+        "v_label_one_object_centred with GroupNorm 8 groups: 4-8 channels per group, so the embedding's "
+        "per-channel offsets survive the norm as differences within a group"),
     "v_label_one_object_white": (dict(whiten=True), "v_label_one_object",
                                  "v_label_one_object on whitened latents (channel PCA, unit variance): is it the "
                                  "latent's spectrum, shape in components of 2-5 % of the variance?"),
@@ -309,7 +318,8 @@ def make_denoiser(f: dict, in_ch: int, side: int, ctx_dim: int):
     return UNet2DConditionModel(sample_size=side, in_channels=in_ch, out_channels=in_ch,
                                 layers_per_block=int(f["layers_per_block"]), block_out_channels=ch,
                                 down_block_types=down, up_block_types=up, cross_attention_dim=ctx_dim,
-                                attention_head_dim=4, norm_num_groups=f["norm_groups"] or _groups(ch), **kw)
+                                attention_head_dim=4, norm_num_groups=f["norm_groups"] or _groups(ch),
+                                resnet_time_scale_shift=f["time_shift"], **kw)
 
 
 def make_schedulers(f: dict):

@@ -1,5 +1,6 @@
 """Models: the conditioner interface every method implements, NeuroPictor's calibrated encoder,
-High-Level Guiding and Low-Level Manipulation Networks, and NeuralDiffuser's voxel encoder and decoders.
+High-Level Guiding and Low-Level Manipulation Networks, NeuralDiffuser's voxel encoder and decoders,
+MindDiffuser's conditioner and the ridge decoders it shares with the brain-correlation metric.
 
 Public names are importable from here (loaded lazily, so ``import brainrecon.models`` is cheap)::
 
@@ -16,5 +17,7 @@ _EXPORTS = {
     "NeuralDiffuserModel": "neuraldiffuser", "DiffusionPrior": "neuraldiffuser", "VoxelEncoder": "neuraldiffuser", "MixerDecoder": "neuraldiffuser", "LatentDecoder": "neuraldiffuser",
     "mixco_mix": "neuraldiffuser", "mixco_loss": "neuraldiffuser", "soft_clip_loss": "neuraldiffuser",
     "align_first_order": "neuraldiffuser",
+    "MindDiffuserModel": "minddiffuser", "RidgeDecoder": "ridge", "fit_ridge": "ridge",
+    "cross_validated_r": "ridge",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

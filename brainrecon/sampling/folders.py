@@ -38,11 +38,14 @@ __all__ = ["save_reconstructor_folder", "load_reconstructor_folder", "load_recon
 TOY_RECONSTRUCTOR_DIR = Path(__file__).resolve().parent.parent / "weights" / "neuropictor_toy"
 #: The shipped toy reconstructors by method (light layouts; each has its data card).
 SHIPPED_RECONSTRUCTORS = {"neuropictor": TOY_RECONSTRUCTOR_DIR,
-                          "neuraldiffuser": TOY_RECONSTRUCTOR_DIR.parent / "neuraldiffuser_toy"}
+                          "neuraldiffuser": TOY_RECONSTRUCTOR_DIR.parent / "neuraldiffuser_toy",
+                          "minddiffuser": TOY_RECONSTRUCTOR_DIR.parent / "minddiffuser_toy"}
 _RECIPES = {"neuropictor": "Train one with the NeuroPictor stages (brainrecon train neuropictor; refine_subject "
                            "writes the folder) and pass its folder.",
             "neuraldiffuser": "Train one with brainrecon train neuraldiffuser (it writes OUT/reconstructor/) "
-                              "and pass that folder."}
+                              "and pass that folder.",
+            "minddiffuser": "Fit one with brainrecon train minddiffuser (it writes OUT/reconstructor/) and pass "
+                            "that folder."}
 #: keys of backbone.json / pipeline.json read as settings; any others land in ``pipe.info``
 _KNOWN = ("_class_name", "backbone", "backbone_source", "guidance_scale", "num_inference_steps", "flatmap", "info")
 _HINT = ("A reconstructor folder holds model_index.json with conditioner/ (or, written before it, NeuroPictor's "
@@ -136,7 +139,7 @@ def load_reconstructor_folder(cls, directory, device=None, dtype: torch.dtype | 
         bb = load_backbone(_resolve_backbone(d, settings.get("backbone")), device=device, dtype=dtype)
         model.to(device or "cpu")
         pipe = cls.from_backbone(bb, model if dtype is None else model.to(dtype), **defaults)
-        model.attach_backbone(bb)      # a BrainConditioner (resolve_conditioner checks); NeuralDiffuser reads it
+        model.attach_backbone(bb)      # a BrainConditioner (resolve_conditioner checks); ND and MD read it
     else:
         pipe = _from_parts(cls, d, model, defaults, settings, device, dtype)
     pipe.info = _info(d, settings)
@@ -200,16 +203,16 @@ def load_reconstructor(path=None, device=None, dtype: torch.dtype | None = None,
     """Load a saved reconstructor; default the shipped toy one of ``method``.
 
     Light folders get their backbone attached (``conditioner.attach_backbone``), so NeuralDiffuser's
-    feature guidance and retrieval work at once.
+    feature guidance and retrieval, and MindDiffuser's stage 2, work at once.
 
     Parameters
     ----------
     path : path-like, optional
         A reconstructor folder (light or full layout). Default: the shipped toy reconstructor of
         ``method`` (:data:`SHIPPED_RECONSTRUCTORS`: ``brainrecon/weights/neuropictor_toy``,
-        ``brainrecon/weights/neuraldiffuser_toy``).
+        ``neuraldiffuser_toy``, ``minddiffuser_toy``).
     device, dtype : optional
-    method : {"neuropictor", "neuraldiffuser"}
+    method : {"neuropictor", "neuraldiffuser", "minddiffuser"}
         Which shipped reconstructor ``path=None`` loads (ignored when ``path`` is given).
     **kwargs
         ``guidance_scale``, ``num_inference_steps`` or ``flatmap`` override the saved defaults.

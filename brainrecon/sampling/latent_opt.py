@@ -162,6 +162,7 @@ def optimise_latents(pipe, maps, iterations: int = 300, lr: float = 0.01, lr_dec
         with torch.set_grad_enabled(not last):
             z0 = sample(c, z)
             per = loss_fn(z0).float().reshape(-1)
+            total = per.sum()              # inside the grad block: a caller's no_grad would detach it
         losses.append(per.detach().cpu())
         if it == 0 or last or (record_every and it % record_every == 0):
             with torch.no_grad():
@@ -174,7 +175,7 @@ def optimise_latents(pipe, maps, iterations: int = 300, lr: float = 0.01, lr_dec
         if last:
             break
         opt.zero_grad(set_to_none=True)
-        per.sum().backward()
+        total.backward()
         opt.step()
         sched.step()
     pipe.maybe_free_model_hooks()
