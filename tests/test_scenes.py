@@ -178,3 +178,20 @@ def test_swap_caption_word_place_replaces_one_whole_place_phrase():
                                np.random.default_rng(4))
     assert all(_places(o)[0] != "at the top left" for o in out)
     assert {_places(o)[0] for o in out} == phrases - {"at the top left"}
+
+
+def test_poses_share_the_random_stream_and_centred_needs_one_object():
+    from brainrecon.data.scenes import make_scenes
+
+    rand = make_scenes(64, 32, seed=3, max_objects=1)
+    up = make_scenes(64, 32, seed=3, max_objects=1, pose="upright")
+    cen = make_scenes(64, 32, seed=3, max_objects=1, pose="centred")
+    assert (rand.category == up.category).all() and (up.colour == cen.colour).all()
+    assert [o[0]["centre"] for o in rand.objects] == [o[0]["centre"] for o in up.objects]
+    assert all(o[0]["rotation"] == 0 for o in up.objects + cen.objects)
+    assert all(o[0]["centre"] == (16.0, 16.0) and o[0]["size"] == 8.0 for o in cen.objects)
+    assert all("in the centre" in c for c in cen.captions) and "pose" not in rand.meta
+    with pytest.raises(InvalidInputError, match="max_objects=1"):
+        make_scenes(4, 32, pose="centred")
+    with pytest.raises(InvalidInputError, match="pose"):
+        make_scenes(4, 32, pose="tilted")
