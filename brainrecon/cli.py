@@ -45,6 +45,7 @@ examples:
   brainrecon evaluate runs/recon                    the field's metrics on a results folder
   brainrecon train neuropictor --out runs/np         NeuroPictor stages i-iii in the toy world
   brainrecon train neuraldiffuser --out runs/nd      NeuralDiffuser's decoders (toy world)
+  brainrecon train minddiffuser --out runs/md        MindDiffuser's ridge decoders (toy world, ~1 min)
   brainrecon lab                                    JupyterLab on the notebooks (127.0.0.1:8888)
   brainrecon explore                                the explorer page in Voila (127.0.0.1:8866)
 """
@@ -185,6 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "0 (default) regresses the text condition by MSE")
     t.add_argument("--ship-to", dest="ship_to", default=None, metavar="DIR",
                    help="copy the reconstructor here with only SUBJECT's voxel encoder (ship_neuraldiffuser)")
+    t.add_argument("--threads", type=int, default=1)
+
+    t = tsub.add_parser(
+        "minddiffuser", formatter_class=fmt, help="MindDiffuser's ridge decoders (text, latent, image features)",
+        description=textwrap.dedent("""\
+            Fit SUBJECT's ridge decoders from voxels to the text condition, the VAE latent and the
+            image encoder's shallow layers (himalaya, penalties by cross-validation; the layer
+            features keep the 25 % of dimensions best predicted in 5-fold cross-validation), as
+            brainrecon.training.train_minddiffuser. Writes OUT/reconstructor/ (stage 1:
+            load_reconstructor(...)(voxels); stage 2: brainrecon.sampling.optimise_latents) and
+            OUT/metrics.json; rerunning resumes with the decoders not yet fitted.
+            See data_cards/minddiffuser_toy.md."""))
+    t.add_argument("--out", default="runs/minddiffuser_toy", help="output folder (default: %(default)s)")
+    t.add_argument("--preset", choices=("default", "smoke"), default="default",
+                   help="'default': the toy recipe (about a minute); 'smoke': seconds")
+    t.add_argument("--subject", default="subj01")
+    t.add_argument("--feature-layers", dest="feature_layers", type=int, nargs="+", default=None, metavar="L",
+                   help="image-encoder layers stage 2 aligns (default: the preset's, 1 2)")
+    t.add_argument("--backend", default="numpy", choices=("numpy", "torch", "torch_cuda"),
+                   help="himalaya backend of the ridge fits (default: %(default)s)")
     t.add_argument("--threads", type=int, default=1)
 
     p = sub.add_parser(
@@ -333,6 +354,15 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    if args.train_command == "minddiffuser":
+        from .training.minddiffuser import MindDiffuserConfig, train_minddiffuser
+
+        make = getattr(MindDiffuserConfig, args.preset)
+        extra = {} if args.feature_layers is None else {"feature_layers": tuple(args.feature_layers)}
+        out = train_minddiffuser(make(output_dir=args.out, subject=args.subject, threads=args.threads,
+                                      ridge_backend=args.backend, **extra))
+        print(f"wrote {out}/ (reconstructor/, metrics.json, run.json)")
+        return 0
     if args.train_command == "neuraldiffuser":
         from .training.neuraldiffuser import NeuralDiffuserConfig, ship_neuraldiffuser, train_neuraldiffuser
 

@@ -184,3 +184,12 @@ def test_shipping_halves_the_weights_and_a_damaged_folder_is_named(run, tmp_path
     (dest / "conditioner" / "text_tail.safetensors").unlink()
     with pytest.raises(CheckpointError, match="text_tail.safetensors"):
         MindDiffuserModel.from_pretrained(dest / "conditioner")
+
+
+def test_the_cli_runs_the_same_fit(run, capsys):
+    from brainrecon.cli import main
+
+    before = json.loads((run / "metrics.json").read_text())
+    assert main(["train", "minddiffuser", "--preset", "smoke", "--out", str(run), "--feature-layers", "1"]) == 0
+    assert "reconstructor/" in capsys.readouterr().out          # it resumed: the same decoders, the same figures
+    assert json.loads((run / "metrics.json").read_text())["feature_1"] == before["feature_1"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..models.ridge import fit_ridge
 from .lowlevel import as_tensor
 
 __all__ = ["brain_correlation_per_image", "brain_correlation", "toy_encoder", "toy_regions", "toy_measured",
@@ -98,7 +99,7 @@ def toy_measured(world, subject, image_ids) -> np.ndarray:
 
 
 class RidgeEncodingModel:
-    """Voxel-wise kernel-ridge encoding model on image features (himalaya), for NSD.
+    """Voxel-wise ridge encoding model on image features (:func:`brainrecon.models.ridge.fit_ridge`, himalaya), for NSD.
 
     Parameters
     ----------
@@ -115,7 +116,7 @@ class RidgeEncodingModel:
     -----
     ``fit(images, responses)`` on the training images and their (z-scored,
     repeat-averaged) responses; calling the fitted model on images predicts ``(N, V)``.
-    Features are z-scored with the training statistics; the kernel is linear.
+    Features are z-scored with the training statistics; the solver is the shared ``fit_ridge``.
     """
 
     def __init__(self, feature_set, feature: str = "alexnet5", alphas=None, cv: int = 5):
@@ -129,7 +130,7 @@ class RidgeEncodingModel:
 
     def fit(self, images, responses) -> "RidgeEncodingModel":
         try:
-            from himalaya.kernel_ridge import KernelRidgeCV
+            import himalaya  # noqa: F401  (the shared ridge's solver)
         except ImportError as e:
             raise ImportError("the NSD ridge encoding model needs himalaya (pip install 'brainrecon[metrics]'); "
                               "or pass your own encoder callable to brain_correlation.") from e
@@ -138,12 +139,13 @@ class RidgeEncodingModel:
         if len(x) != len(y):
             raise InvalidInputError(f"{len(x)} training images but {len(y)} rows of responses.")
         self.mean_, self.std_ = x.mean(0), x.std(0) + 1e-8
-        self.model = KernelRidgeCV(alphas=self.alphas, kernel="linear", cv=self.cv)
-        self.model.fit((x - self.mean_) / self.std_, y)
+        # the shared ridge (brainrecon.models.ridge, MindDiffuser's decoders): per-voxel penalty by CV
+        self.model = fit_ridge((x - self.mean_) / self.std_, y, alphas=self.alphas, cv=self.cv)
         return self
 
     def __call__(self, images) -> np.ndarray:
         if self.model is None:
             raise InvalidInputError("fit the RidgeEncodingModel on training images first (model.fit(images, responses)).")
         x = (self._features(images) - self.mean_) / self.std_
-        return np.asarray(self.model.predict(x), np.float64)
+        w, b, _ = self.model
+        return np.asarray(x @ w + b, np.float64)

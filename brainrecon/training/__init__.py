@@ -11,6 +11,7 @@ _LAZY = {
     "EncoderPretrainConfig": "neuropictor", "MultisubjectConfig": "neuropictor", "RefineConfig": "neuropictor",
     "pretrain_encoder": "neuropictor", "pretrain_multisubject": "neuropictor", "refine_subject": "neuropictor",
     "train_toy_reconstructor": "toy_recipe", "train_toy_backbones": "toy_backbones",
+    "MindDiffuserConfig": "minddiffuser", "train_minddiffuser": "minddiffuser", "ship_minddiffuser": "minddiffuser",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _LAZY, eager=["FitConfig", "FitResult", "fit",
                                                                    "latest_checkpoint"])
