@@ -136,6 +136,8 @@ def test_random_z_starts_from_noise_and_bad_settings_are_refused(pipe):
         optimise_latents(pipe, x, iterations=-1, **kw)
     with pytest.raises(InvalidInputError, match="latent_optimisation_steps"):
         pipe(x, latent_optimisation_steps=-2)
+    with pytest.raises(InvalidInputError, match="semantic_source"):      # not silently ignored
+        pipe(x, latent_optimisation_steps=2, semantic_source=x)
     with pytest.raises(InvalidInputError, match="init"):
         optimise_latents(pipe, x, iterations=1, init="zeros", **kw)
     with pytest.raises(InvalidInputError, match=r"\(B, %d\)" % pipe.map_shape[0]):

@@ -287,6 +287,13 @@ class BrainToImagePipeline(DiffusionPipeline):
         n_opt = check_range("latent_optimisation_steps", latent_optimisation_steps, 0)
         if n_opt > 0:
             check_choice("output_type", output_type, _OUTPUT_TYPES[:2])
+            given = [name for name, v in (("semantic_source", semantic_source), ("latents", latents),
+                                          ("init_latents", init_latents), ("callback_on_step_end", callback_on_step_end))
+                     if v is not None] + (["feature_guidance_scale"] if feature_guidance_scale else [])
+            if given:
+                raise InvalidInputError(f"latent_optimisation_steps runs MindDiffuser's stage 2, which does not take "
+                                        f"{', '.join(given)}; call brainrecon.sampling.optimise_latents for its own "
+                                        "options, or drop them.")
             out = optimise_latents(self, maps, iterations=n_opt, lr=latent_optimisation_lr,
                                    guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                                    strength=strength, generator=generator)
