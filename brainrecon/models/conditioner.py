@@ -24,7 +24,7 @@ import torch
 
 from ..errors import InvalidInputError, check_finite
 
-__all__ = ["BrainConditioner", "INPUT_KINDS"]
+__all__ = ["BrainConditioner", "INPUT_KINDS", "text_context_inputs", "feature_distance"]
 
 INPUT_KINDS = ("flatmap", "voxels")
 
@@ -129,3 +129,22 @@ class BrainConditioner:
         """
         raise InvalidInputError(f"{type(self).__name__} has no retrieval embeddings; bidirectional retrieval "
                                 "needs a method with a brain-to-image-embedding decoder (e.g. NeuralDiffuser).")
+
+
+def text_context_inputs(text_condition: torch.Tensor, latents: torch.Tensor, branch: str,
+                        uncond_context: torch.Tensor) -> dict:
+    """``unet_inputs`` of a method whose only condition is a decoded text context (NeuralDiffuser,
+    MindDiffuser): the context for ``branch``, the empty caption's for the unconditional half."""
+    c = text_condition.to(latents.dtype)
+    return {"encoder_hidden_states": {"cond": c, "uncond": uncond_context,
+                                      "both": torch.cat([uncond_context, c])}[branch]}
+
+
+def feature_distance(backbone, latents: torch.Tensor, targets: dict, select: dict | None = None) -> torch.Tensor:
+    """Per image ``Σ_l ‖Φ^l(D(latents)) − targets[l]‖²`` ``(B,)``: the backbone's VAE decoder, then its
+    image encoder's layer ``l`` (NeuralDiffuser Eq. 14, MindDiffuser Eq. 5). ``select[l]`` maps a layer's
+    features to the compared dimensions (MindDiffuser's kept 25 %); default all of them."""
+    feats = backbone.encode_image_features(backbone.decode_latents(latents), layers=tuple(targets))
+    pick = select or {}
+    return sum(((pick.get(k, lambda f: f)(feats[k]).float() - t.detach().float()) ** 2).flatten(1).sum(1)
+               for k, t in targets.items())

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
 from ..io import atomic_dir, read_json, write_json
-from .conditioner import BrainConditioner
+from .conditioner import BrainConditioner, feature_distance, text_context_inputs
 from .ridge import RidgeDecoder
 
 __all__ = ["MindDiffuserModel"]
@@ -125,9 +125,7 @@ class MindDiffuserModel(BrainConditioner, ModelMixin):
                 "features": {int(k): d(scans) for k, d in self.feature_decoders.items()}}
 
     def unet_inputs(self, state, latents, timestep, branch, step, control_scale, uncond_context) -> dict:
-        c = state["text_condition"].to(latents.dtype)
-        ctx = {"cond": c, "uncond": uncond_context, "both": torch.cat([uncond_context, c])}[branch]
-        return {"encoder_hidden_states": ctx}
+        return text_context_inputs(state["text_condition"], latents, branch, uncond_context)
 
     def initial_latents(self, state: dict) -> torch.Tensor:
         return state["init_latents"]
@@ -140,12 +138,8 @@ class MindDiffuserModel(BrainConditioner, ModelMixin):
             raise InvalidInputError("stage 2 needs the backbone's VAE decoder and image encoder: call "
                                     "model.attach_backbone(backbone) first (load_reconstructor does).")
         bb, targets = self._backbone[0], state["features"]
-        decs = {int(k): d for k, d in self.feature_decoders.items()}
-
-        def loss(latents):
-            feats = bb.encode_image_features(bb.decode_latents(latents), layers=tuple(targets))
-            return sum(((decs[k].take(feats[k]).float() - t.detach().float()) ** 2).sum(1) for k, t in targets.items())
-        return loss
+        kept = {int(k): d.take for k, d in self.feature_decoders.items()}
+        return lambda latents: feature_distance(bb, latents, targets, kept)
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory) -> Path:

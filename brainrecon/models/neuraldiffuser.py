@@ -40,7 +40,7 @@ from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
 from ..io import atomic_dir, read_json, write_json
-from .conditioner import BrainConditioner
+from .conditioner import BrainConditioner, feature_distance, text_context_inputs
 
 __all__ = ["NeuralDiffuserModel", "VoxelEncoder", "MixerDecoder", "LatentDecoder", "DiffusionPrior", "DecoderOutput",
            "mixco_mix", "mixco_loss", "soft_clip_loss", "align_first_order"]
@@ -497,9 +497,7 @@ class NeuralDiffuserModel(BrainConditioner, ModelMixin):
                 "features": {int(k): d(h).prediction for k, d in self.feature_decoders.items()}}
 
     def unet_inputs(self, state, latents, timestep, branch, step, control_scale, uncond_context) -> dict:
-        c = state["text_condition"].to(latents.dtype)
-        ctx = {"cond": c, "uncond": uncond_context, "both": torch.cat([uncond_context, c])}[branch]
-        return {"encoder_hidden_states": ctx}
+        return text_context_inputs(state["text_condition"], latents, branch, uncond_context)
 
     def initial_latents(self, state: dict) -> torch.Tensor:
         return state["init_latents"]
@@ -510,18 +508,15 @@ class NeuralDiffuserModel(BrainConditioner, ModelMixin):
         return s * x0 + (1 - s) * latents
 
     def feature_targets(self, state: dict):
-        """Eq. 14's ``Σ_l ‖f_g^l(D(ẑ_t)) − ĝ^l‖²`` as a function of the estimate (``None`` without targets)."""
+        """Eq. 14's ``Σ_l ‖f_g^l(D(ẑ_t)) − ĝ^l‖²`` per image ``(B,)``, a function of the estimate (``None``
+        without targets)."""
         if not state["features"]:
             return None
         if not self._backbone:
             raise InvalidInputError("feature guidance needs the backbone's image encoder and VAE decoder: call "
                                     "model.attach_backbone(backbone) first (or use feature_guidance_scale=0).")
         bb, targets = self._backbone[0], state["features"]
-
-        def loss(estimate):
-            feats = bb.encode_image_features(bb.decode_latents(estimate), layers=tuple(targets))
-            return sum(((feats[k].float() - t.detach().float()) ** 2).sum() for k, t in targets.items())
-        return loss
+        return lambda estimate: feature_distance(bb, estimate, targets)
 
     @torch.no_grad()
     def retrieval_embeddings(self, scans: torch.Tensor, images: torch.Tensor) -> tuple:

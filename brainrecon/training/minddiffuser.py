@@ -18,8 +18,6 @@ feature dimensions beside the kept ones' r on the held-out scans.
 """
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataNotFoundError, InvalidInputError, check_range
-from ..io import atomic_dir, write_json
-from ..models.index import INDEX_NAME, write_index
+from ..errors import InvalidInputError, check_range
+from ..io import atomic_dir
 from ..models.minddiffuser import MindDiffuserModel
 from ..models.ridge import DEFAULT_ALPHAS, RIDGE_BACKENDS, RidgeDecoder, pearson_columns
 from .cache import cache_stage_data
-from .run import RunConfig, RunContext
+from .run import RunConfig, RunContext, ship_reconstructor
 
 __all__ = ["MindDiffuserConfig", "train_minddiffuser", "ship_minddiffuser"]
 
@@ -147,13 +144,7 @@ def train_minddiffuser(config: MindDiffuserConfig, world=None, backbone=None) ->
         model = MindDiffuserModel(text_dec, lat_dec, feats, subject, text[:, t:].mean(0))
         model.check_backbone(bb)
         metrics = _evaluate(model, test, subject, cfg.n_eval, lat, text[:, :t])
-        if ctx.is_main:
-            with atomic_dir(ctx.out / "reconstructor") as d:
-                model.save_pretrained(d / "conditioner")
-                write_index(d, model)
-                write_json(d / "backbone.json", {"backbone": ctx.backbone_name or "toy", "method": "minddiffuser",
-                                                 "subject": subject,
-                                                 "guidance_scale": float(getattr(bb, "guidance_scale", 5.0))})
+        ctx.save_reconstructor(model, bb, "minddiffuser", subject)
         ctx.finish({"subject": subject, "n_train": int(len(x)), "n_voxels": int(x.shape[1]), **metrics}, {})
     return Path(cfg.output_dir)
 
@@ -170,25 +161,7 @@ def ship_minddiffuser(run_dir, dest, dtype: torch.dtype = torch.float16) -> Path
     dtype : torch.dtype
         Storage dtype of the weights (loading casts them back to the pipeline's).
     """
-    run = Path(run_dir)
-    src = run / "reconstructor"
-    need = [src / INDEX_NAME, src / "backbone.json", src / "conditioner", run / "metrics.json", run / "run.json",
-            run / "config.json"]
-    missing = [p for p in need if not p.exists()]
-    if missing:
-        raise DataNotFoundError(f"the MindDiffuser run {str(run)!r}", missing,
-                                hint="Finish it first: brainrecon train minddiffuser --out RUN (it resumes).")
-    model = MindDiffuserModel.from_pretrained(src / "conditioner", use_safetensors=True)
-    for dec in [model.text_decoder, model.latent_decoder, *model.feature_decoders.values()]:
-        dec.weight.data = dec.weight.data.to(dtype)
-    with atomic_dir(dest) as d:
-        model.save_pretrained(d / "conditioner")
-        for cfg_file in (d / "conditioner").glob("*/config.json"):    # no local path in what ships
-            part = json.loads(cfg_file.read_text())
-            part.pop("_name_or_path", None)
-            write_json(cfg_file, part)
-        write_index(d, model)
-        shutil.copy2(src / "backbone.json", d / "backbone.json")
-        for name in ("metrics.json", "run.json", "config.json"):
-            shutil.copy2(run / name, d / name)
-    return Path(dest)
+    def halve(model):
+        for dec in [model.text_decoder, model.latent_decoder, *model.feature_decoders.values()]:
+            dec.weight.data = dec.weight.data.to(dtype)
+    return ship_reconstructor(run_dir, dest, MindDiffuserModel, "minddiffuser", halve)

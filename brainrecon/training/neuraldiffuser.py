@@ -26,8 +26,6 @@ with held-out figures against the mean and shuffled-scan baselines and two-way /
 """
 from __future__ import annotations
 
-import json
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,15 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataNotFoundError, InvalidInputError, check_range
+from ..errors import InvalidInputError, check_range
 from ..figures import Figure
-from ..io import atomic_dir, write_json
 from ..metrics.retrieval import retrieval
-from ..models.index import INDEX_NAME, write_index
 from ..models.neuraldiffuser import (DiffusionPrior, LatentDecoder, MixerDecoder, NeuralDiffuserModel, VoxelEncoder,
                                      mixco_loss, mixco_mix, soft_clip_loss)
 from .cache import StageData, cache_stage_data
-from .run import RunConfig, RunContext
+from .run import RunConfig, RunContext, ship_reconstructor
 
 __all__ = ["NeuralDiffuserConfig", "train_neuraldiffuser", "ship_neuraldiffuser", "plot_decoder_scores"]
 
@@ -252,13 +248,7 @@ def train_neuraldiffuser(config: NeuralDiffuserConfig, world=None, backbone=None
         lat = train.latents[train.rows(target)]
         model.latent_stats = torch.stack([lat.mean((0, 2, 3)), lat.std((0, 2, 3))]).to(model.latent_stats)
         metrics = _evaluate(model.cpu(), test, target, cfg.n_eval, lat)
-        if ctx.is_main:      # a light reconstructor folder: conditioner/ + model_index.json + backbone.json
-            with atomic_dir(ctx.out / "reconstructor") as d:
-                model.eval().save_pretrained(d / "conditioner")
-                write_index(d, model)
-                write_json(d / "backbone.json", {"backbone": ctx.backbone_name or "toy", "method": "neuraldiffuser",
-                                                 "subject": target,
-                                                 "guidance_scale": float(getattr(bb, "guidance_scale", 5.0))})
+        ctx.save_reconstructor(model, bb, "neuraldiffuser", target)
         ctx.finish({"subject": target, "pretrain_subjects": others, **metrics}, results)
     return Path(cfg.output_dir)
 
@@ -281,27 +271,8 @@ def ship_neuraldiffuser(run_dir, dest) -> Path:
     -------
     Path
     """
-    run = Path(run_dir)
-    src = run / "reconstructor"
-    need = [src / INDEX_NAME, src / "backbone.json", src / "conditioner", run / "metrics.json", run / "run.json",
-            run / "config.json"]
-    missing = [p for p in need if not p.exists()]
-    if missing:
-        raise DataNotFoundError(f"the NeuralDiffuser run {str(run)!r}", missing,
-                                hint="Finish it first: brainrecon train neuraldiffuser --out RUN (it resumes).")
-    model = NeuralDiffuserModel.from_pretrained(src / "conditioner", use_safetensors=True)
-    model.voxel_encoder.keep_subjects([model.subject])
-    with atomic_dir(dest) as d:
-        model.save_pretrained(d / "conditioner")
-        for cfg_file in (d / "conditioner").glob("*/config.json"):    # no local path in what ships
-            part = json.loads(cfg_file.read_text())
-            part.pop("_name_or_path", None)
-            write_json(cfg_file, part)
-        write_index(d, model)
-        shutil.copy2(src / "backbone.json", d / "backbone.json")
-        for name in ("metrics.json", "run.json", "config.json"):
-            shutil.copy2(run / name, d / name)
-    return Path(dest)
+    return ship_reconstructor(run_dir, dest, NeuralDiffuserModel, "neuraldiffuser",
+                              lambda m: m.voxel_encoder.keep_subjects([m.subject]))
 
 
 def plot_decoder_scores(metrics: dict):

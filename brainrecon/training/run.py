@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,12 +25,13 @@ import torch
 from accelerate import PartialState
 
 from ..backbones.hub import TOY_WEIGHTS_DIR
-from ..errors import CheckpointError, InvalidInputError, check_choice
-from ..io import write_json
+from ..errors import CheckpointError, DataNotFoundError, InvalidInputError, check_choice
+from ..io import atomic_dir, write_json
+from ..models.index import INDEX_NAME, write_index
 from . import cache as sd
 from .loop import FitConfig, fit
 
-__all__ = ["RunConfig", "RunContext", "read_stage_config", "package_versions", "loss_summary"]
+__all__ = ["RunConfig", "RunContext", "read_stage_config", "package_versions", "loss_summary", "ship_reconstructor"]
 
 
 
@@ -206,6 +208,18 @@ class RunContext:
             "guidance_scale": float(getattr(backbone, "guidance_scale", 5.0)),
             "image_size": int(backbone.image_size)})
 
+    def save_reconstructor(self, model, backbone, method: str, subject: str) -> None:
+        """``OUT/reconstructor/``, a light folder (``conditioner/`` + ``model_index.json`` +
+        ``backbone.json``) of a voxel method's conditioner, written atomically (main process only)."""
+        if not self.is_main:
+            return
+        with atomic_dir(self.out / "reconstructor") as d:
+            model.eval().save_pretrained(d / "conditioner")
+            write_index(d, model)
+            write_json(d / "backbone.json", {"backbone": self.backbone_name or "toy", "method": method,
+                                             "subject": subject,
+                                             "guidance_scale": float(getattr(backbone, "guidance_scale", 5.0))})
+
     def finish(self, metrics: dict, results: dict, **extra) -> None:
         """Write ``config.json``, ``metrics.json``, ``history.json`` and ``run.json`` (main process only)."""
         self._state.wait_for_everyone()
@@ -230,3 +244,34 @@ class RunContext:
             "train_wall_time_s": {p: round(r.wall_time, 1) for p, r in results.items()},
             "steps": {p: r.step for p, r in results.items()}, "final_loss": final,
             "platform": platform.platform()})
+
+
+def ship_reconstructor(run_dir, dest, model_cls, method: str, prepare=None) -> Path:
+    """Copy a run's light ``reconstructor/`` to ``dest`` (atomically) with its run records, for shipping.
+
+    The conditioner is loaded with ``model_cls``, changed by ``prepare(model)`` (e.g. dropping other
+    subjects' parts, storing fp16) and saved again without local paths (``_name_or_path``);
+    ``metrics.json``, ``run.json`` and ``config.json`` of the run go beside it.
+    """
+    run = Path(run_dir)
+    src = run / "reconstructor"
+    need = [src / INDEX_NAME, src / "backbone.json", src / "conditioner", run / "metrics.json", run / "run.json",
+            run / "config.json"]
+    missing = [p for p in need if not p.exists()]
+    if missing:
+        raise DataNotFoundError(f"the {method} run {str(run)!r}", missing,
+                                hint=f"Finish it first: brainrecon train {method} --out RUN (it resumes).")
+    model = model_cls.from_pretrained(src / "conditioner", use_safetensors=True)
+    if prepare is not None:
+        prepare(model)
+    with atomic_dir(dest) as d:
+        model.save_pretrained(d / "conditioner")
+        for cfg_file in (d / "conditioner").glob("*/config.json"):    # no local path in what ships
+            part = json.loads(cfg_file.read_text())
+            part.pop("_name_or_path", None)
+            write_json(cfg_file, part)
+        write_index(d, model)
+        shutil.copy2(src / "backbone.json", d / "backbone.json")
+        for name in ("metrics.json", "run.json", "config.json"):
+            shutil.copy2(run / name, d / name)
+    return Path(dest)
