@@ -195,3 +195,21 @@ def test_the_cli_runs_the_same_fit(run, capsys):
     assert main(["train", "minddiffuser", "--preset", "smoke", "--out", str(run), "--feature-layers", "1"]) == 0
     assert "reconstructor/" in capsys.readouterr().out          # it resumed: the same decoders, the same figures
     assert json.loads((run / "metrics.json").read_text())["feature_1"] == before["feature_1"]
+
+
+def test_same_code_fits_on_nsd(tmp_path):
+    """The decoders on a miniature NSD tree (official layout, fsaverage betas): world = the NSD root."""
+    from brainrecon.data.nsd_fixture import make_nsd_fixture
+    from brainrecon.sampling import load_reconstructor
+
+    root = make_nsd_fixture(tmp_path / "nsd", subjects=(1,), n_sessions=1, spaces=("fsaverage",))
+    out = train_minddiffuser(MindDiffuserConfig.smoke(output_dir=str(tmp_path / "md"), world=str(root),
+                                                      nsd_sessions=1, n_eval=8))
+    run = json.loads((out / "run.json").read_text())
+    m = json.loads((out / "metrics.json").read_text())
+    assert run["world"] == {"nsd_root": str(root)} and m["subject"] == "subj01" and m["n_voxels"] > 0
+    assert m["feature_1"]["kept"] == round(0.25 * m["feature_1"]["dims"])
+    pipe = load_reconstructor(out / "reconstructor")
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe(torch.randn(1, *pipe.map_shape), num_inference_steps=4).images
+    assert img.shape[:2] == (1, 3) and torch.isfinite(img).all()
