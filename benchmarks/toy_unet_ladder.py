@@ -131,6 +131,14 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
         dict(norm_groups=8), "v_label_one_object_centred",
         "v_label_one_object_centred with GroupNorm 8 groups: 4-8 channels per group, so the embedding's "
         "per-channel offsets survive the norm as differences within a group"),
+    "v_groups8": (dict(norm_groups=8), "v_pred",
+                  "v_pred with GroupNorm 8 groups (the fix of v_label_one_object_centred_groups8) on the default "
+                  "world with captions: does it carry over when the conditioning comes through cross-attention?"),
+    "v_scale_shift": (dict(time_shift="scale_shift"), "v_pred",
+                      "v_pred with the embedding as scale and shift after the norm (AdaGN) on the default world"),
+    "v_label_one_object_groups8": (dict(norm_groups=8), "v_label_one_object",
+                                   "v_label_one_object (random place, size, rotation) with GroupNorm 8 groups: "
+                                   "does the norm fix carry over to the pose variety?"),
     "v_label_one_object_white": (dict(whiten=True), "v_label_one_object",
                                  "v_label_one_object on whitened latents (channel PCA, unit variance): is it the "
                                  "latent's spectrum, shape in components of 2-5 % of the variance?"),
