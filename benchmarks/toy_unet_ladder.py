@@ -139,6 +139,14 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_label_one_object_groups8": (dict(norm_groups=8), "v_label_one_object",
                                    "v_label_one_object (random place, size, rotation) with GroupNorm 8 groups: "
                                    "does the norm fix carry over to the pose variety?"),
+    "v_label_one_object_upright_groups8": (dict(pose="upright"), "v_label_one_object_groups8",
+                                           "v_label_one_object_groups8 with every object upright: is the rest "
+                                           "the rotation?"),
+    "v_label_one_object_groups8_pixel": (dict(space="pixel", channels=(32, 64, 64, 64), attn_levels=(2, 3)),
+                                         "v_label_one_object_groups8",
+                                         "v_label_one_object_groups8 in pixel space (32x32x3, one level deeper): "
+                                         "is it the 4x-downsampled latent, where a small shape's code depends on "
+                                         "its sub-cell position?"),
     "v_label_one_object_white": (dict(whiten=True), "v_label_one_object",
                                  "v_label_one_object on whitened latents (channel PCA, unit variance): is it the "
                                  "latent's spectrum, shape in components of 2-5 % of the variance?"),

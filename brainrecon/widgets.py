@@ -17,9 +17,11 @@ from .data.surface import plot_flatmap
 from .errors import InvalidInputError
 from .figures import Figure, figure_to_png
 from .metrics import plot_reconstruction_grid
+from .sampling.latent_opt import LATENT_INITS, optimise_latents
+from .sampling.two_stage import plot_latent_optimisation
 
 __all__ = ["FlatmapView", "view_flatmap", "ReconstructionView", "view_reconstruction", "FeatureGuidanceView",
-           "view_feature_guidance"]
+           "view_feature_guidance", "LatentOptimisationView", "view_latent_optimisation"]
 
 
 class FlatmapView(W.VBox):
@@ -355,3 +357,112 @@ def view_feature_guidance(pipe, voxels, targets=None, captions=None, n: int = 4,
     """
     return FeatureGuidanceView(pipe, voxels, targets=targets, captions=captions, n=n, seed=seed,
                                num_inference_steps=num_inference_steps, strength=strength, kappa=kappa)
+
+
+class LatentOptimisationView(W.VBox):
+    """Step through MindDiffuser's stage 2 (Eq. 5): the images and the feature loss at each iteration.
+
+    Runs :func:`~brainrecon.sampling.latent_opt.optimise_latents` once on the first ``n`` scans, keeping
+    every iteration's images; the ``iteration`` slider then shows any of them without recomputing
+    (0 is stage 1). "optimise" runs it again with the chosen number of iterations and ``z``'s start
+    (the decoded latent, or Gaussian noise: the paper's ablation).
+
+    Attributes
+    ----------
+    iteration : ipywidgets.IntSlider
+        The iteration shown (0 = stage 1).
+    iterations : ipywidgets.BoundedIntText
+        Iterations of the next run.
+    init : ipywidgets.Dropdown
+        ``z``'s start of the next run (:data:`~brainrecon.sampling.latent_opt.LATENT_INITS`).
+    run_button : ipywidgets.Button
+    result : LatentOptimisationOutput
+        The last run (``snapshots`` holds every iteration's images, ``losses`` Eq. 5's loss).
+    figure : matplotlib.figure.Figure;  panel : ipywidgets.Image
+    status : ipywidgets.Label
+        The iteration, its mean loss against stage 1's, and the run's start.
+    """
+
+    def __init__(self, pipe, voxels, targets=None, captions=None, n: int = 4, iterations: int = 10,
+                 lr: float = 0.01, seed: int = 0, num_inference_steps: int | None = None, strength=None,
+                 max_iterations: int = 300):
+        voxels = torch.as_tensor(voxels).float()
+        if voxels.ndim != 2 or len(voxels) < 1:
+            raise InvalidInputError(f"view_latent_optimisation needs voxel vectors (N, V); got "
+                                    f"{tuple(voxels.shape)}.")
+        self.pipe, self.voxels, self.lr, self.seed = pipe, voxels, float(lr), int(seed)
+        self.n = min(int(n), len(voxels))
+        self.targets = None if targets is None else torch.as_tensor(targets).float()[:self.n]
+        self.captions = None if captions is None else list(captions)[:self.n]
+        self.sampling = {"num_inference_steps": num_inference_steps, "strength": strength}
+        self.iteration = W.IntSlider(value=0, min=0, max=0, description="iteration", continuous_update=False)
+        self.iterations = W.BoundedIntText(value=int(iterations), min=0, max=int(max_iterations),
+                                           description="iterations")
+        self.init = W.Dropdown(options=list(LATENT_INITS), value="decoded", description="z from")
+        self.run_button = W.Button(description="optimise")
+        self.panel, self.status = W.Image(format="png"), W.Label()
+        self.result = self.figure = None
+        self.iteration.observe(lambda _: self.draw(), names="value")
+        self.run_button.on_click(lambda _: self.optimise())
+        super().__init__([W.HBox([self.iterations, self.init, self.run_button]), W.HBox([self.iteration, self.status]),
+                          self.panel])
+        self.optimise()
+
+    def optimise(self):
+        """Run stage 2 with the current ``iterations`` and ``init``; show its last iteration."""
+        its = int(self.iterations.value)
+        self.status.value = f"optimising {self.n} scans for {its} iterations..."
+
+        def tell(i, state):
+            self.status.value = f"iteration {i} of {its} · loss {float(state['loss'].mean()):.4g}"
+
+        gens = [torch.Generator().manual_seed(self.seed + i) for i in range(self.n)]
+        self.result = optimise_latents(self.pipe, self.voxels[:self.n], iterations=its, lr=self.lr,
+                                       init=self.init.value, generator=gens, record_every=1, callback=tell,
+                                       progress=False, **self.sampling)
+        with self.iteration.hold_trait_notifications():
+            self.iteration.max = its
+            self.iteration.value = its
+        return self.draw()
+
+    def draw(self):
+        """Show the images and the loss at the slider's iteration; return the figure."""
+        it = min(int(self.iteration.value), len(self.result.losses) - 1)
+        self.figure = plot_latent_optimisation(self.result, it, targets=self.targets, captions=self.captions,
+                                               n=self.n)
+        self.panel.value = figure_to_png(self.figure)
+        L = self.result.losses.float().mean(1)
+        self.status.value = (f"iteration {it} of {len(L) - 1} · loss {float(L[0]):.4g} → {float(L[it]):.4g} · "
+                             f"z from {'the decoded latent' if self.init.value == 'decoded' else 'noise'}")
+        return self.figure
+
+
+def view_latent_optimisation(pipe, voxels, targets=None, captions=None, n: int = 4, iterations: int = 10,
+                             lr: float = 0.01, seed: int = 0, num_inference_steps: int | None = None,
+                             strength=None) -> LatentOptimisationView:
+    """Step through MindDiffuser's stage-2 iterations: the images and Eq. 5's feature loss.
+
+    Parameters
+    ----------
+    pipe : BrainToImagePipeline
+        A MindDiffuser reconstructor (``load_reconstructor`` attaches its backbone).
+    voxels : Tensor ``(N, V)``
+        Test scans of the reconstructor's subject.
+    targets : array ``(N, 3, S, S)``, optional
+        The seen images (the figure's top row).
+    captions : list of str, optional
+    n : int
+        Scans optimised and shown.
+    iterations, lr : int, float
+        Stage 2's first run (the ``iterations`` box and "optimise" run it again).
+    seed : int
+        Scan ``i`` draws its fixed noise from ``seed + i``.
+    num_inference_steps, strength : optional
+        Sampling settings (default the reconstructor's and the conditioner's).
+
+    Returns
+    -------
+    LatentOptimisationView
+    """
+    return LatentOptimisationView(pipe, voxels, targets=targets, captions=captions, n=n, iterations=iterations,
+                                  lr=lr, seed=seed, num_inference_steps=num_inference_steps, strength=strength)

@@ -213,3 +213,53 @@ def test_same_code_fits_on_nsd(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     img = pipe(torch.randn(1, *pipe.map_shape), num_inference_steps=4).images
     assert img.shape[:2] == (1, 3) and torch.isfinite(img).all()
+
+
+def test_demo_compares_the_stages_and_refuses_a_subject_without_decoders(run, tmp_path):
+    """``brainrecon demo`` on a MindDiffuser folder: three stage rows on the same scans, baselines,
+    figures, a results folder the evaluator reads; another subject is refused before any work."""
+    from brainrecon.sampling.demo import write_demo_report
+
+    rec = run / "reconstructor"
+    with pytest.raises(InvalidInputError, match=r"fitted on subj01.*none for subj02.*--subject subj02"):
+        write_demo_report(tmp_path / "no", reconstructor=rec, subject="subj02", world_preset="smoke")
+    with pytest.raises(InvalidInputError, match="iterations"):
+        write_demo_report(tmp_path / "no", reconstructor=rec, iterations=-1)
+    with pytest.raises(InvalidInputError, match="--method neuropictor"):
+        write_demo_report(tmp_path / "no", reconstructor=rec, method="neuropictor")
+    r = write_demo_report(tmp_path / "demo", reconstructor=rec, n_test=3, num_inference_steps=4, iterations=2,
+                          progress=False)
+    assert r["method"] == "minddiffuser" and r["n_test"] == 3 and r["iterations"] == 2
+    assert list(r["stages"]) == ["stage 1", "stage 2", "stage 2, random z"]
+    assert all(0 <= row["position_error"] <= 1.5 for row in r["stages"].values())
+    assert r["stages"]["stage 1"] != r["stages"]["stage 2"]
+    loss = r["loss_by_iteration"]
+    assert len(loss["decoded"]) == 3 and loss["decoded"][-1] < loss["decoded"][0]
+    assert loss["random"][0] > loss["decoded"][0]                 # noise starts further from the features
+    assert set(r["baselines"]) == {"mean_image", "shuffled_scan"} and r["decoders"]["subject"] == "subj01"
+    for name in ("reconstructions.png", "stage_losses.png"):
+        assert (tmp_path / "demo" / name).stat().st_size > 5000
+    saved = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert saved["stages"] == json.loads(json.dumps(r["stages"]))
+    assert (tmp_path / "demo" / "results" / "reconstructions.npy").is_file()
+
+
+def test_the_widget_steps_through_stage_two(pipe):
+    """``view_latent_optimisation``: every iteration shown without recomputing; a rerun from noise."""
+    from brainrecon.widgets import view_latent_optimisation
+
+    x = torch.randn(2, *pipe.map_shape)
+    v = view_latent_optimisation(pipe, x, n=2, iterations=2, lr=0.05, num_inference_steps=4)
+    assert v.iteration.max == 2 and v.iteration.value == 2 and sorted(v.result.snapshots) == [0, 1, 2]
+    last = v.panel.value
+    assert last[:4] == b"\x89PNG" and "iteration 2 of 2" in v.status.value
+    v.iteration.value = 0                                          # stage 1: no new sampling, another picture
+    assert v.panel.value != last and "iteration 0 of 2" in v.status.value
+    assert "iteration 0" in v.figure.texts[0].get_text()
+    decoded = v.result.init_latents
+    v.init.value, v.iterations.value = "random", 1
+    v.run_button.click()
+    assert v.iteration.max == 1 and "noise" in v.status.value
+    assert not torch.allclose(v.result.init_latents, decoded)
+    with pytest.raises(InvalidInputError, match=r"\(N, V\)"):
+        view_latent_optimisation(pipe, torch.randn(3, 4, 4))

@@ -28,6 +28,7 @@ from .explore import (KAPPA_ETA_METRICS, evaluate_reconstructor, evaluate_retrie
                       swap_grid, sweep_control_scale, sweep_feature_guidance)
 from .folders import SHIPPED_RECONSTRUCTORS, reconstructor_info
 from .pipeline import load_reconstructor
+from .two_stage import STAGE_ROWS, compare_stages, plot_stage_losses
 
 __all__ = ["write_demo_report", "make_demo_world", "demo_world_config"]
 
@@ -37,7 +38,8 @@ def demo_world_config(pipe, preset: str | None = None):
 
     Looked up in order: ``preset`` (``"default"``/``"smoke"``), the folder's ``toyworld`` entry
     (``ToyWorldConfig`` as a dict, or ``{"path": saved world}``), the ``world`` of its ``run.json``
-    (written by the training stages), else the default world. Nothing is built or loaded.
+    (written by the training stages; a run's ``OUT/reconstructor/`` reads ``OUT/run.json``), else the
+    default world. Nothing is built or loaded.
 
     Parameters
     ----------
@@ -53,8 +55,8 @@ def demo_world_config(pipe, preset: str | None = None):
     check_choice("world_preset", preset, (None, "default", "smoke"))
     info = pipe if isinstance(pipe, dict) else pipe.info
     spec = info.get("toyworld")
-    run = Path(info.get("path", ".")) / "run.json"
-    if spec is None and run.is_file():
+    run = run_record(info, "run.json")
+    if spec is None and run is not None:
         spec = read_json(run, "Copy the reconstructor folder again, or pass the world preset (--world).").get("world")
     if preset == "smoke":
         return ToyWorldConfig.smoke()
@@ -64,6 +66,19 @@ def demo_world_config(pipe, preset: str | None = None):
         return str(spec["path"])
     spec = dict(spec.get("config", spec))
     return ToyWorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+
+
+def run_record(info: dict, name: str):
+    """The run record ``name`` (``run.json``, ``metrics.json``) of a reconstructor folder, or None.
+
+    A shipped folder holds its records; the ``reconstructor/`` folder a training run writes has them in the
+    run folder above it.
+    """
+    folder = Path(info.get("path", "."))
+    for p in (folder / name, folder.parent / name if folder.name == "reconstructor" else None):
+        if p is not None and p.is_file():
+            return p
+    return None
 
 
 def make_demo_world(pipe, preset: str | None = None, progress: bool = True):
@@ -78,18 +93,21 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
                       num_inference_steps: int | None = None, alphas=(0.0, 0.5, 1.0, 1.5), n_show: int = 6,
                       n_swap: int = 4, seed: int = 0, world=None, world_preset: str | None = None,
                       threads: int | None = 1, progress: bool = True, method: str | None = None,
-                      kappas=(0.0, 1e-3, 1e-2), etas=(0.2, 1.0), strength: float = 0.75) -> dict:
+                      kappas=(0.0, 1e-3, 1e-2), etas=(0.2, 1.0), strength: float = 0.75,
+                      iterations: int = 10, lr: float = 0.01) -> dict:
     """Reconstruct and score held-out scans; write PNG figures and ``report.json`` to ``out_dir``.
 
     NeuroPictor reconstructors: an α sweep and a semantic swap. NeuralDiffuser reconstructors: a κ × η
     sweep of feature guidance beside the mean-image and shuffled-scan baselines, and retrieval.
+    MindDiffuser reconstructors: stage 1 vs stage 2 vs stage 2 from a random ``z``
+    (:func:`~brainrecon.sampling.two_stage.compare_stages`) beside the same baselines.
 
     Parameters
     ----------
     out_dir : path-like
     reconstructor : path-like, optional
         A reconstructor folder (default the shipped toy one of ``method``).
-    method : {"neuropictor", "neuraldiffuser"}, optional
+    method : {"neuropictor", "neuraldiffuser", "minddiffuser"}, optional
         Which shipped reconstructor to use when ``reconstructor`` is not given (default NeuroPictor);
         with a folder, the folder's own method is used and a different ``method`` is refused.
     subject : str, optional
@@ -104,6 +122,10 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
         Scans in the sweep figure; layout × semantic sources in the swap grid.
     kappas, etas, strength : NeuralDiffuser only
         Feature-guidance scales κ and strengths η swept (κ = 0 once), and the img2img strength.
+    iterations, lr : MindDiffuser only
+        Stage 2's Adam iterations and learning rate (each iteration samples every scan once more, with
+        gradients: about 0.6 s per scan per iteration on one toy-world CPU thread, twice with the
+        random-``z`` ablation).
     seed : int
     world : ToyWorld, optional
         Skip rebuilding the world.
@@ -122,12 +144,17 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
         (``alpha``, ``guidance``, ``swap``); ``alpha["1"]`` equals what ``brainrecon evaluate
         OUT/results`` reports (same 8-bit images, same scoring). NeuralDiffuser: ``kappa_eta`` (one row
         per setting), ``baselines`` (``mean_image``, ``shuffled_scan``), ``retrieval``; ``results/``
-        holds the κ, η = ``kappas[-1]``, ``etas[0]`` images. Both: ``method``, file names, timings.
+        holds the κ, η = ``kappas[-1]``, ``etas[0]`` images. MindDiffuser: ``stages`` (one row per
+        :data:`~brainrecon.sampling.two_stage.STAGE_ROWS` entry: PixCorr, SSIM, AlexNet-2, CLIP, the
+        judge's position error, colour and category), ``baselines``, ``loss_by_iteration``,
+        ``decoders`` (the fit's ``metrics.json`` when the folder has it); ``results/`` holds stage 2.
+        All: ``method``, file names, timings.
 
     Raises
     ------
     InvalidInputError
-        A bad argument (``n_test`` < 2, ``num_inference_steps`` < 1, an unknown subject, an output
+        A bad argument (``n_test`` < 2, ``num_inference_steps`` < 1, an unknown subject, a subject the
+        reconstructor has no decoders for (NeuralDiffuser, MindDiffuser), ``iterations`` < 0, an output
         folder that cannot be written...). Every argument is checked before any work is done (the
         subject against the reconstructor's world, read from its JSON files before any model loads).
     DataNotFoundError, CheckpointError
@@ -136,6 +163,8 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
     _check_arguments(out_dir, n_test, num_inference_steps, alphas, n_show, n_swap, seed, world_preset, threads)
     check_choice("method (--method)", method, (None, *SHIPPED_RECONSTRUCTORS))
     _check_guidance_sweep(kappas, etas, strength)
+    check_range("iterations", iterations, 0)
+    check_range("lr", lr, 1e-12, None, float)
     info = reconstructor_info(reconstructor, method or "neuropictor")
     kind = info.get("method", "neuropictor")
     if method is not None and kind != method:
@@ -148,6 +177,9 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
     if threads:
         torch.set_num_threads(int(threads))
     try:
+        if kind == "minddiffuser":
+            return _write_minddiffuser_report(out_dir, info["path"], subject, n_test, num_inference_steps,
+                                              iterations, lr, seed, world, progress)
         if kind == "neuraldiffuser":
             return _write_neuraldiffuser_report(out_dir, info["path"], subject, n_test, num_inference_steps,
                                                 kappas, etas, strength, seed, world, progress)
@@ -191,9 +223,19 @@ def _world_and_subject(info, world, world_preset, subject):
         if isinstance(world, str):                  # a saved world: cheap to load, and it knows its subjects
             world = load_toyworld(world)
     config = getattr(world, "config", world)
-    subject = subject or info.get("subject") or config.subject_ids[0]
+    fitted = info.get("subject")
+    subject = subject or fitted or config.subject_ids[0]
     config.check_subject(subject, "subject (--subject)")
+    if info.get("method") in _ONE_SUBJECT and fitted and subject != fitted:
+        raise InvalidInputError(f"{info['path']} holds {info['method']} decoders fitted on {fitted}'s voxels only; "
+                                f"there are none for {subject}. Drop --subject, or fit {subject}'s: brainrecon "
+                                f"train {info['method']} --subject {subject} --out RUN, then --reconstructor "
+                                "RUN/reconstructor.")
     return world, subject
+
+
+#: Methods whose reconstructor reads one subject's voxels (their decoders fit that subject alone).
+_ONE_SUBJECT = ("neuraldiffuser", "minddiffuser")
 
 
 def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, alphas, n_show, n_swap, seed,
@@ -290,6 +332,52 @@ def _write_neuraldiffuser_report(out_dir, reconstructor, subject, n_test, num_in
               "strength": float(strength), "guidance_scale": float(pipe.config.default_guidance_scale),
               "kappa_eta": sweep["rows"], "baselines": baselines, "retrieval": retrieval,
               "results_setting": {"kappa": shown[0], "eta": shown[1]},
+              "files": sorted(figures) + ["results/"], "seconds": time.perf_counter() - t0}
+    write_json(out / "report.json", report)
+    bar.update()
+    bar.close()
+    return report
+
+
+def _write_minddiffuser_report(out_dir, reconstructor, subject, n_test, num_inference_steps, iterations, lr, seed,
+                               world, progress) -> dict:
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    bar = tqdm(total=4, desc="demo", disable=not progress)
+    bar.set_postfix_str("loading the reconstructor")
+    pipe = load_reconstructor(reconstructor)     # its backbone attached: stage 2 reads D and the image encoder
+    bar.update()
+    bar.set_postfix_str("building the toy world")
+    if isinstance(world, ToyWorldConfig):
+        world = make_toyworld(world, progress=progress)
+    data = make_test_maps(pipe, world, subject, n_test)
+    targets = data["targets"]
+    steps = int(num_inference_steps or pipe.config.default_num_inference_steps)
+    train = world.scenes.images[np.asarray(world.subjects[subject].train_images)]
+    judge = pipe.conditioner._backbone[0].attribute_classifier
+    bar.update()
+    bar.set_postfix_str(f"stages 1 and 2 ({iterations} iterations) on {len(targets)} test scans of {subject}")
+    res = compare_stages(pipe, data, iterations=iterations, lr=lr, seed=seed, train_images=train, judge=judge,
+                         num_inference_steps=steps, progress=progress)
+    bar.update()
+    bar.set_postfix_str("writing figures")
+    k = min(8, len(targets))
+    rows = {name: res["images"][name][:k] for name in STAGE_ROWS if name in res["images"]}
+    rows["training mean image"] = res["mean_image_pixels"][None].expand(k, -1, -1, -1)
+    figures = {"reconstructions.png": plot_reconstruction_grid(rows, targets[:k], n=k, titles=data["captions"][:k]),
+               "stage_losses.png": plot_stage_losses(res["losses"])}
+    for name, fig in figures.items():
+        save_figure(fig, out / name)
+    save_results(out / "results", res["images"]["stage 2"], targets, method="minddiffuser", world="toy",
+                 subject=subject, image_ids=data["image_keys"], toyworld=world.config, attributes=data["attributes"],
+                 extra={"iterations": int(iterations), "lr": float(lr), "num_inference_steps": steps})
+    fit = run_record(pipe.info, "metrics.json")
+    report = {"method": "minddiffuser", "reconstructor": pipe.info.get("path"), "subject": subject,
+              "n_test": int(len(targets)), "seed": int(seed), "num_inference_steps": steps,
+              "strength": float(pipe.conditioner.default_strength), "iterations": int(iterations), "lr": float(lr),
+              "stages": res["rows"], "baselines": res["baselines"],
+              "loss_by_iteration": {k: [float(v) for v in L.mean(1)] for k, L in res["losses"].items()},
+              "decoders": read_json(fit, "Copy the reconstructor folder again.") if fit else None,
               "files": sorted(figures) + ["results/"], "seconds": time.perf_counter() - t0}
     write_json(out / "report.json", report)
     bar.update()

@@ -36,6 +36,8 @@ SMOKE: dict[str, dict] = {
     # RECONSTRUCTOR: notebook 08's smoke run (set by the test), in its smoke world
     "09_feature_guidance.py": {"WORLD_PRESET": "smoke", "N_TEST": 6, "NUM_INFERENCE_STEPS": 4,
                                "KAPPAS": [0.0, 1e-3], "ETAS": [0.2, 1.0], "N_SHOW": 3},
+    "10_minddiffuser.py": {"PRESET": "smoke", "N_TEST": 3, "NUM_INFERENCE_STEPS": 4, "ITERATIONS": 2,
+                           "LR": 0.05, "N_SHOW": 3},
 }
 
 
@@ -249,3 +251,18 @@ def test_08_decoders_then_09_feature_guidance(tmp_path):
     assert all(v > 0 for v in m9["seconds_per_image"].values())
     for fig in m9["figures"]:
         assert (tmp_path / "09_feature_guidance" / fig).stat().st_size > 5000
+
+@pytest.mark.notebook
+def test_10_minddiffuser(tmp_path):
+    """Notebook 10 fits the smoke decoders, runs both stages (and the random-z ablation) and scores them."""
+    m = run_notebook("10_minddiffuser.py", tmp_path)
+    assert list(m["stages"]) == ["stage 1", "stage 2", "stage 2, random z"] and m["n_test"] == 3
+    assert all({"pixcorr", "ssim", "alexnet2", "clip", "position_error"} <= set(r) for r in m["stages"].values())
+    loss = m["loss_by_iteration"]
+    assert len(loss["decoded"]) == 3 and loss["decoded"][-1] < loss["decoded"][0] < loss["random"][0]
+    assert m["stages"]["stage 2"] != m["stages"]["stage 1"] and set(m["baselines"]) == {"mean_image", "shuffled_scan"}
+    d = m["decoders"]["feature_1"]
+    assert d["cv_r_kept"] > d["cv_r_dropped"] and m["decoders"]["latent"]["error"] < m["decoders"]["latent"]["shuffled_scan"]
+    assert m["reconstructor"].endswith("run/reconstructor")
+    for fig in m["figures"]:
+        assert (tmp_path / "10_minddiffuser" / fig).stat().st_size > 5000
