@@ -142,6 +142,12 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_label_one_object_upright_groups8": (dict(pose="upright"), "v_label_one_object_groups8",
                                            "v_label_one_object_groups8 with every object upright: is the rest "
                                            "the rotation?"),
+    "v_label_one_object_placed_groups8": (dict(pose="placed"), "v_label_one_object_upright_groups8",
+                                          "upright at one size (radius 0.25) but a random place: is the rest of "
+                                          "the centred world's lead the place (translation)?"),
+    "v_label_one_object_sized_groups8": (dict(pose="sized"), "v_label_one_object_upright_groups8",
+                                         "upright at the centre but a random size: is the rest of the centred "
+                                         "world's lead the size?"),
     "v_label_one_object_groups8_pixel": (dict(space="pixel", channels=(32, 64, 64, 64), attn_levels=(2, 3)),
                                          "v_label_one_object_groups8",
                                          "v_label_one_object_groups8 in pixel space (32x32x3, one level deeper): "

@@ -191,6 +191,15 @@ def test_poses_share_the_random_stream_and_centred_needs_one_object():
     assert all(o[0]["rotation"] == 0 for o in up.objects + cen.objects)
     assert all(o[0]["centre"] == (16.0, 16.0) and o[0]["size"] == 8.0 for o in cen.objects)
     assert all("in the centre" in c for c in cen.captions) and "pose" not in rand.meta
+    placed = make_scenes(64, 32, seed=3, max_objects=1, pose="placed")
+    sized = make_scenes(64, 32, seed=3, max_objects=1, pose="sized")
+    assert all(o[0]["size"] == 8.0 and o[0]["rotation"] == 0 for o in placed.objects)
+    xs = np.array([o[0]["centre"] for o in placed.objects])
+    assert xs.min() >= 8.0 * 1.05 - 1e-6 and xs.max() <= 32 - 8.0 * 1.05 + 1e-6 and xs.std() > 3
+    assert all(o[0]["centre"] == (16.0, 16.0) for o in sized.objects)
+    assert [o[0]["size"] for o in sized.objects] == [o[0]["size"] for o in up.objects]
+    with pytest.raises(InvalidInputError, match="max_objects=1"):
+        make_scenes(4, 32, pose="placed")
     with pytest.raises(InvalidInputError, match="max_objects=1"):
         make_scenes(4, 32, pose="centred")
     with pytest.raises(InvalidInputError, match="pose"):

@@ -489,7 +489,8 @@ def _backgrounds(rng, pattern, bg_col, bg_par, S):
 
 
 #: Object poses :func:`make_scenes` can draw (``pose=``).
-POSES: tuple[str, ...] = ("random", "upright", "centred")
+POSES: tuple[str, ...] = ("random", "upright", "centred", "placed", "sized")
+_ONE_OBJECT_POSES = ("centred", "placed", "sized")
 _CENTRED_RADIUS = 0.25       # the main object's radius in the "centred" pose, fraction of the side
 
 
@@ -508,11 +509,14 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
         call equal a call with ``n = m``).
     max_objects : int
         Objects per image are drawn uniformly from 1 to this (1 to 3).
-    pose : {"random", "upright", "centred"}
+    pose : {"random", "upright", "centred", "placed", "sized"}
         ``"random"`` (the default world): every object at a random place, size and rotation.
         ``"upright"``: the same places and sizes, every rotation 0 (arrows point right).
         ``"centred"``: one upright object of radius 0.25 image sides at the centre, an
-        MNIST-like world for diagnosing generators (needs ``max_objects=1``). All three draw
+        MNIST-like world for diagnosing generators (needs ``max_objects=1``).
+        ``"placed"``: one upright object of radius 0.25 at a random place; ``"sized"``: one
+        upright object at the centre at a random size (the two halves of the difference
+        between ``"upright"`` and ``"centred"``; both need ``max_objects=1``). All poses draw
         the same random stream, so colours, categories and backgrounds agree across poses.
 
     Returns
@@ -527,9 +531,8 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
         raise InvalidInputError(f"max_objects must lie in [1, 3]; got {max_objects!r}.")
     if pose not in POSES:
         raise InvalidInputError(f"pose must be one of {POSES}; got {pose!r}.")
-    if pose == "centred" and int(max_objects) != 1:
-        raise InvalidInputError(f"pose='centred' places one object at the centre: pass max_objects=1 "
-                                f"(got {max_objects!r}).")
+    if pose in _ONE_OBJECT_POSES and int(max_objects) != 1:
+        raise InvalidInputError(f"pose={pose!r} draws one object: pass max_objects=1 (got {max_objects!r}).")
     S, K = int(image_size), int(max_objects)
     palette = np.array(list(COLOURS.values()), np.float32) / 255.0
     col_names, cat_names = list(COLOURS), list(CATEGORIES)
@@ -546,8 +549,16 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
          col_jit) = _sample_block(rng, BLOCK, K)
         if pose != "random":
             rots[:] = 0.0
-        if pose == "centred":
-            centres[:, 0], sizes[:, 0] = 0.5, _CENTRED_RADIUS
+        if pose in ("centred", "sized"):
+            centres[:, 0] = 0.5
+        if pose in ("centred", "placed"):
+            # the random places were drawn for the random size: rescale them into the fixed radius's range
+            lo = sizes[:, 0] * 1.05
+            frac = (centres[:, 0] - lo[:, None]) / (1 - 2 * lo)[:, None]
+            sizes[:, 0] = _CENTRED_RADIUS
+            if pose == "placed":
+                r = _CENTRED_RADIUS * 1.05
+                centres[:, 0] = r + frac * (1 - 2 * r)
         m = min(BLOCK, n - b0)
         img = _backgrounds(rng, pattern, bg_col, bg_par, S)[:m]
         bboxes = np.zeros((m, K, 4))
