@@ -34,7 +34,11 @@ def main(argv=None) -> dict:
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--strength", type=float, default=None)
-    p.add_argument("--no-text", dest="optimise_text", action="store_false", help="stage 2 updates z only")
+    p.add_argument("--text", dest="optimise_text", action="store_true",
+                   help="stage 2 updates c as well as z (the paper's text; default z only, the official code)")
+    p.add_argument("--no-text", dest="optimise_text", action="store_false", help="z only (the default)")
+    p.add_argument("--curve-every", dest="curve_every", type=int, default=0,
+                   help="also score PixCorr / SSIM / position error every N stage-2 iterations")
     p.add_argument("--tag", default="", help="suffix of the JSON / PNG names")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="smoke world, 4 scans, 2 iterations (seconds)")
@@ -69,7 +73,8 @@ def main(argv=None) -> dict:
     t1 = time.perf_counter()
     kw = {} if args.strength is None else {"strength": args.strength}
     res = compare_stages(pipe, data, iterations=args.iterations, lr=args.lr, judge=bb.attribute_classifier,
-                         train_images=train, optimise_text=args.optimise_text, progress=True, **kw)
+                         train_images=train, optimise_text=args.optimise_text, progress=True,
+                         curve_every=args.curve_every, **kw)
     t_stages = time.perf_counter() - t1
     name = "minddiffuser_stages" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else "")
     res_dir = Path(__file__).resolve().parent / "results"
@@ -77,6 +82,7 @@ def main(argv=None) -> dict:
     report = {"settings": {k: v for k, v in vars(args).items()}, "subject": subject, "n_test": res["n_test"],
               "rows": res["rows"], "baselines": res.get("baselines"),
               "loss_mean_by_iteration": {k: [round(float(v), 3) for v in L.mean(1)] for k, L in res["losses"].items()},
+              "by_iteration": res.get("by_iteration"),
               "loss_improved_share": {k: float((L[-1] < L[0]).float().mean()) for k, L in res["losses"].items()},
               "decoders": decoders, "reconstructor": str(rec), "fit_s": round(t_fit, 1),
               "stages_s": round(t_stages, 1), "threads": args.threads, "torch": torch.__version__,

@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
             eta 0.2).
 
             minddiffuser: stage 1 (img2img from the decoded latent under the decoded text
-            condition), stage 2 (--iterations of Adam on c and z against the decoded
-            image-encoder features, Eq. 5) and stage 2 from a random z (the paper's
+            condition), stage 2 (--iterations of Adam on z, as the official code, against
+            the decoded image-encoder features, Eq. 5) and stage 2 from a random z (the paper's
             ablation), beside the same baselines; writes OUT/reconstructions.png,
             stage_losses.png, report.json and results/ (stage 2). About 0.6 s per scan per
             iteration per run on one thread: --n-test 12 --iterations 10 takes ~2.5 min."""))

@@ -17,7 +17,8 @@
 # condition `ĉ`, the VAE latent `ẑ` and the image encoder's shallow-layer features `Ẑⁱ` (only the 25 % of
 # dimensions best predicted in 5-fold cross-validation, §4.2). **Stage 1** is img2img from `ẑ` under `ĉ`;
 # **stage 2** samples again and again with the noise fixed and back-propagates Eq. 5,
-# `Σᵢ ‖Φⁱ(Ŷ) − Ẑⁱ‖²`, through the VAE decoder and every denoising step into `c` and `z` (Adam). The paper's
+# `Σᵢ ‖Φⁱ(Ŷ) − Ẑⁱ‖²`, through the VAE decoder and every denoising step into `z` (Adam; the official code's choice — the paper
+# says `c` and `z`, `optimise_text=True`, which costs SSIM here: see the card). The paper's
 # claims (Tab. 2, Fig. 6): stage 2 improves the low-level figures over stage 1, and starting `z` from noise
 # instead of `ẑ` does worse.
 # Default: the shipped toy reconstructor (`brainrecon/weights/minddiffuser_toy`); `PRESET = "smoke"` or

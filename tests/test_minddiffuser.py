@@ -122,6 +122,12 @@ def test_stage_one_is_iteration_zero_and_stage_two_lowers_the_loss(pipe):
     same = pipe(x, num_inference_steps=6, generator=gens(), latent_optimisation_steps=3,
                 latent_optimisation_lr=0.05).images
     assert torch.allclose(same, out.images, atol=1e-5)           # the pipeline argument runs the same stage 2
+    with torch.no_grad():
+        c0 = pipe.conditioner.encode_scans(x)["text_condition"].float()
+    assert torch.equal(out.text_condition, c0)                   # by default z only (the official code)
+    both = optimise_latents(pipe, x, iterations=1, lr=0.05, num_inference_steps=6, generator=gens(),
+                            progress=False, optimise_text=True)
+    assert not torch.equal(both.text_condition, c0)              # the paper's text: c as well
 
 
 def test_random_z_starts_from_noise_and_bad_settings_are_refused(pipe):

@@ -52,3 +52,35 @@ def test_shipped_neuraldiffuser_reads_the_scans_as_its_card_says():
     assert r["brain_retrieval"] == pytest.approx(recorded["retrieval"]["brain_retrieval"], abs=1e-6)
     for part in ("text", "latent", "feature_3"):        # every decoder beats both baselines
         assert recorded[part]["error"] < 0.8 * min(recorded[part]["mean_baseline"], recorded[part]["shuffled_scan"])
+
+
+def test_shipped_minddiffuser_decodes_as_its_card_says():
+    """``brainrecon/weights/minddiffuser_toy``: small, subj01's ridge decoders, which on the default world's
+    held-out scans decode the latent as its metrics.json (data_cards/minddiffuser_toy.md) reports, and whose
+    stage 2 lowers Eq. 5's loss on them."""
+    import json
+
+    from brainrecon.data.toyworld import ToyWorldConfig, make_toyworld
+    from brainrecon.sampling import SHIPPED_RECONSTRUCTORS, load_reconstructor, make_test_maps, optimise_latents
+
+    folder = SHIPPED_RECONSTRUCTORS["minddiffuser"]
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 25e6
+    pipe = load_reconstructor(method="minddiffuser")
+    assert pipe.info["method"] == "minddiffuser" and pipe.info["subject"] == "subj01"
+    recorded = json.loads((folder / "metrics.json").read_text())
+    n = recorded["n_test"]
+    data = make_test_maps(pipe, make_toyworld(ToyWorldConfig(), progress=False), "subj01", n)
+    bb = pipe.conditioner._backbone[0]
+    with torch.no_grad():
+        truth = bb.encode_latents(bb.resize(data["targets"])).float()
+        decoded = pipe.conditioner.encode_scans(data["maps"])["init_latents"].float()
+    err = float(torch.nn.functional.mse_loss(decoded, truth))
+    assert err == pytest.approx(recorded["latent"]["error"], rel=0.02)          # fp16 storage, same figure
+    for part in [k for k in recorded if k in ("text", "latent") or k.startswith("feature_")]:
+        assert recorded[part]["error"] < 0.8 * min(recorded[part]["mean_baseline"], recorded[part]["shuffled_scan"])
+        if part.startswith("feature_"):
+            assert recorded[part]["cv_r_kept"] > recorded[part]["cv_r_dropped"] + 0.1
+    out = optimise_latents(pipe, data["maps"][:2], iterations=2, num_inference_steps=6,
+                           generator=[torch.Generator().manual_seed(i) for i in range(2)], progress=False)
+    assert (out.losses[-1] < out.losses[0]).all()

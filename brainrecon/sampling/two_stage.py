@@ -40,7 +40,7 @@ def _score(images, data, judge, metrics) -> dict:
 
 def compare_stages(pipe, data, iterations: int = 30, lr: float = 0.01, seed: int = 0, batch_size: int = 16,
                    random_z: bool = True, train_images=None, judge=None, metrics=STAGE_METRICS,
-                   progress: bool = True, **kwargs) -> dict:
+                   progress: bool = True, curve_every: int = 0, **kwargs) -> dict:
     """Stage 1 vs stage 2 (vs stage 2 from random ``z``) on the same scans and noise, scored.
 
     Parameters
@@ -62,6 +62,10 @@ def compare_stages(pipe, data, iterations: int = 30, lr: float = 0.01, seed: int
         Scores the main object's position error, colour and category (toy world).
     metrics : sequence of str
     progress : bool
+    curve_every : int
+        Also score the decoded-``z`` run's images at every ``curve_every``-th iteration (PixCorr, SSIM and,
+        with a judge, position error): how the figures move along stage 2, to choose ``iterations``
+        (0: only the first and last).
     **kwargs
         Passed to :func:`optimise_latents` (``strength``, ``guidance_scale``, ``num_inference_steps``...).
 
@@ -70,9 +74,11 @@ def compare_stages(pipe, data, iterations: int = 30, lr: float = 0.01, seed: int
     dict
         ``rows`` (``{row: {metric: value}}``, :data:`STAGE_ROWS`), ``images`` (``{row: (N, 3, S, S)}``),
         ``losses`` (``{"decoded" | "random": (iterations + 1, N)}``), ``baselines`` (when
-        ``train_images`` is given) and ``iterations``.
+        ``train_images`` is given), ``iterations`` and, with ``curve_every``, ``by_iteration``
+        (``{"iteration": [...], metric: [...]}``).
     """
     check_range("iterations", iterations, 0)
+    curve_every = check_range("curve_every", curve_every, 0)
     check_range("batch_size", batch_size, 1)
     maps = torch.as_tensor(data["maps"]).float()
     n = len(maps)
@@ -81,16 +87,20 @@ def compare_stages(pipe, data, iterations: int = 30, lr: float = 0.01, seed: int
     inits = ("decoded", "random") if random_z else ("decoded",)
     imgs = {k: [] for k in STAGE_ROWS}
     losses = {k: [] for k in inits}
+    snaps = {}
     starts = list(range(0, n, batch_size))
     pipe.set_progress_bar_config(disable=True)
     for s in tqdm([(i, s) for i in inits for s in starts], desc="stage 2", disable=not progress, leave=False):
         init, s = s
         sl = slice(s, s + batch_size)
         gens = [torch.Generator().manual_seed(int(seed) + j) for j in range(s, min(n, s + batch_size))]
+        rec = curve_every if init == "decoded" else 0
         out = optimise_latents(pipe, maps[sl], iterations=iterations, lr=lr, init=init, generator=gens,
-                               progress=False, **kwargs)
+                               progress=False, record_every=rec, **kwargs)
         losses[init].append(out.losses)
         if init == "decoded":
+            for it, im in out.snapshots.items():
+                snaps.setdefault(it, []).append(im)
             imgs["stage 1"].append(out.stage1_images)
             imgs["stage 2"].append(out.images)
         else:
@@ -99,6 +109,14 @@ def compare_stages(pipe, data, iterations: int = 30, lr: float = 0.01, seed: int
     rows = {k: _score(v, data, judge, metrics) for k, v in images.items()}
     res = {"rows": rows, "images": images, "losses": {k: torch.cat(v, 1) for k, v in losses.items()},
            "iterations": int(iterations), "n_test": int(n)}
+    if curve_every:
+        curve = {"iteration": sorted(snaps)}
+        for it in curve["iteration"]:
+            row = _score(torch.cat(snaps[it]), data, judge, ("pixcorr", "ssim"))
+            for k, v in row.items():
+                if k in ("pixcorr", "ssim", "position_error"):
+                    curve.setdefault(k, []).append(float(v))
+        res["by_iteration"] = curve
     if train_images is not None:
         base = score_trivial_baselines(images["stage 2"], data["targets"], train_images, metrics=metrics)
         res["mean_image_pixels"] = base.pop("mean_image_pixels")
