@@ -269,3 +269,24 @@ def test_the_widget_steps_through_stage_two(pipe):
     assert not torch.allclose(v.result.init_latents, decoded)
     with pytest.raises(InvalidInputError, match=r"\(N, V\)"):
         view_latent_optimisation(pipe, torch.randn(3, 4, 4))
+
+
+def test_compare_stages_scores_along_the_iterations(pipe):
+    """``curve_every``: PixCorr / SSIM / position error at the recorded iterations, whose ends are the
+    stage-1 and stage-2 rows' own figures."""
+    from brainrecon.data.toyworld import make_toyworld
+    from brainrecon.sampling import make_test_maps
+    from brainrecon.sampling.demo import demo_world_config
+    from brainrecon.sampling.two_stage import compare_stages
+
+    world = make_toyworld(demo_world_config(pipe.info, "smoke"), progress=False)
+    data = make_test_maps(pipe, world, "subj01", 3)
+    judge = pipe.conditioner._backbone[0].attribute_classifier
+    res = compare_stages(pipe, data, iterations=2, lr=0.05, random_z=False, judge=judge, progress=False,
+                         curve_every=1, num_inference_steps=4)
+    c = res["by_iteration"]
+    assert c["iteration"] == [0, 1, 2] and set(c) == {"iteration", "pixcorr", "ssim", "position_error"}
+    for k in ("pixcorr", "ssim", "position_error"):
+        assert c[k][0] == pytest.approx(res["rows"]["stage 1"][k]) and c[k][-1] == pytest.approx(res["rows"]["stage 2"][k])
+    with pytest.raises(InvalidInputError, match="curve_every"):
+        compare_stages(pipe, data, iterations=1, curve_every=-1)
