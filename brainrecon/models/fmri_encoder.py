@@ -19,7 +19,21 @@ from torch import nn
 
 from ..errors import InvalidInputError
 
-__all__ = ["CalibratedEncoder", "Block", "sincos_pos_embed_2d"]
+__all__ = ["CalibratedEncoder", "Block", "sincos_pos_embed_1d", "sincos_pos_embed_2d"]
+
+
+def _sincos(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """``[sin(pos·ω), cos(pos·ω)]`` with ``ω_k = 10000^(-k / (dim/2))``: ``(len(pos), dim)``."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
+    out = pos.reshape(-1, 1).double() * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1)
+
+
+def sincos_pos_embed_1d(dim: int, length: int) -> torch.Tensor:
+    """Fixed 1-D sine-cosine position embeddings (MAE style), ``(length, dim)``."""
+    if dim % 2:
+        raise InvalidInputError(f"sin-cos position embeddings need an even width; got {dim}.")
+    return _sincos(torch.arange(length), dim).float()
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -30,15 +44,9 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
     """
     if dim % 4:
         raise InvalidInputError(f"sin-cos position embeddings need a width divisible by 4; got {dim}.")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     rows, cols = torch.meshgrid(torch.arange(grid_h, dtype=torch.float64),
                                 torch.arange(grid_w, dtype=torch.float64), indexing="ij")
-
-    def one_d(pos):
-        out = pos.reshape(-1, 1) * omega[None]
-        return torch.cat([out.sin(), out.cos()], dim=1)
-
-    return torch.cat([one_d(rows), one_d(cols)], dim=1).float()
+    return torch.cat([_sincos(rows, dim // 2), _sincos(cols, dim // 2)], dim=1).float()
 
 
 class Block(nn.Module):
