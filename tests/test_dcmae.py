@@ -78,3 +78,26 @@ def test_dcmae_learns_to_fill_in_masked_voxels():
         err = m.masked_mse(m.decode(t, r), test, mask).item()
     zero = m.masked_mse(torch.zeros_like(m.patchify(test)), test, mask).item()
     assert err < 0.4 * zero
+
+
+def test_frl_recipe_runs_phases_one_and_two_resumably_and_refuses_bad_parts(tmp_path):
+    """``train_cad_frl`` at smoke size: image MAE, phase 1, phase 2 in one folder; a rerun resumes every
+    phase instead of training again; a wrong image-MAE folder names the files it looked for."""
+    import json
+
+    from brainrecon.training.cad import CADConfig, train_cad_frl
+
+    cfg = CADConfig.smoke(output_dir=str(tmp_path / "cad"))
+    out = train_cad_frl(cfg)
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"phase1", "phase2"} <= set(m) and m["n_voxels"] > 0
+    assert all(m["losses"][p]["steps"] > 0 for p in ("image_mae", "phase1", "phase2"))
+    enc = DoubleContrastiveMAE.from_pretrained(out / "fmri_mae", use_safetensors=True)
+    assert enc.config.num_voxels == m["n_voxels"] and (out / "image_mae" / "config.json").is_file()
+    again = json.loads((train_cad_frl(cfg) / "metrics.json").read_text())
+    assert again["losses"]["phase1"]["resumed_from"] == cfg.steps
+    assert again["phase2"] == pytest.approx(m["phase2"])
+    with pytest.raises(InvalidInputError, match=r"config\.json.*safetensors"):
+        train_cad_frl(CADConfig.smoke(output_dir=str(tmp_path / "bad"), image_mae=str(tmp_path / "nowhere")))
+    with pytest.raises(InvalidInputError, match="subj99"):
+        train_cad_frl(CADConfig.smoke(output_dir=str(tmp_path / "bad2"), subject="subj99"))

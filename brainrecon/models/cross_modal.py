@@ -93,6 +93,9 @@ class CrossModalMAE(ModelMixin, ConfigMixin):
         m.fmri, m.image = fmri, image
         for p in image.decoder.parameters():
             p.requires_grad_(False)
+        for name, p in image.vit.named_parameters():      # MAE's fixed sin-cos table (from_pretrained thaws it)
+            if "position_embeddings" in name:
+                p.requires_grad_(False)
         return m
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
