@@ -106,6 +106,9 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_clip_attr": (dict(clip=dict(hard_negatives=0, steps=450, attribute=1.0)), "v_pred",
                     "v_pred with toy CLIP retrained (shipped recipe, 450 steps) plus unit-norm heads that read the "
                     "caption's main category, colour and place from the mean U-Net context (clip_attribute_weight=1)"),
+    "v_clip_attr_groups8": (dict(norm_groups=8), "v_clip_attr",
+                            "v_clip_attr with GroupNorm 8 groups: the candidate default recipe (v prediction, a norm "
+                            "that keeps the conditioning, loud place words) on the default world with captions"),
     "v_attn_all": (dict(attn_levels=(0, 1, 2)), "v_pred", "v_pred with attention on every level"),
     "v_deeper": (dict(layers_per_block=2), "v_pred", "v_pred with two res-blocks per level"),
     "v_ema": (dict(ema=0.999), "v_pred",
@@ -145,6 +148,9 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_label_one_object_placed_groups8": (dict(pose="placed"), "v_label_one_object_upright_groups8",
                                           "upright at one size (radius 0.25) but a random place: is the rest of "
                                           "the centred world's lead the place (translation)?"),
+    "v_label_one_object_placed_groups8_place": (dict(label_place=True), "v_label_one_object_placed_groups8",
+                                                "placed_groups8 with the 3x3 place cell in the label too: is it "
+                                                "deciding where the object goes that costs the shape?"),
     "v_label_one_object_sized_groups8": (dict(pose="sized"), "v_label_one_object_upright_groups8",
                                          "upright at the centre but a random size: is the rest of the centred "
                                          "world's lead the size?"),
@@ -336,7 +342,8 @@ def make_denoiser(f: dict, in_ch: int, side: int, ctx_dim: int):
     if f["pooled_text"]:
         kw = dict(addition_embed_type="text", addition_embed_type_num_heads=4)
     if f["label_path"] == "class_embed":
-        kw = dict(class_embed_type="projection", projection_class_embeddings_input_dim=18)
+        kw = dict(class_embed_type="projection",
+                  projection_class_embeddings_input_dim=27 if f["label_place"] else 18)
     return UNet2DConditionModel(sample_size=side, in_channels=in_ch, out_channels=in_ch,
                                 layers_per_block=int(f["layers_per_block"]), block_out_channels=ch,
                                 down_block_types=down, up_block_types=up, cross_attention_dim=ctx_dim,
@@ -422,11 +429,15 @@ class CoordUNet(torch.nn.Module):
         return self.inner(torch.cat([x, grid], 1), t, **kw)
 
 
-def onehot(cat, col):
-    v = torch.zeros(len(cat), 18, device=cat.device)
+def onehot(cat, col, place=None):
+    """Category (10) and colour (8) one-hots, and with ``place`` the 3x3 cell (9 more); dropped rows
+    (``cat >= 10``) all zeros."""
+    v = torch.zeros(len(cat), 18 if place is None else 27, device=cat.device)
     keep = cat < 10
     v[keep, cat[keep]] = 1
     v[keep, 10 + col[keep]] = 1
+    if place is not None:
+        v[keep, 18 + place.to(cat.device)[keep]] = 1
     return v
 
 
@@ -501,7 +512,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
             with torch.no_grad():
                 return text(t_ids).last_hidden_state, None
         if f["label_path"] == "class_embed":
-            return torch.zeros(len(c), 1, width, device=c.device), onehot(c, k)
+            return torch.zeros(len(c), 1, width, device=c.device), onehot(c, k, pl if f["label_place"] else None)
         return m["labels"].tokens(c, k, pl if f["label_place"] else None), None
 
     def batches(step):
