@@ -99,5 +99,7 @@ def test_frl_recipe_runs_phases_one_and_two_resumably_and_refuses_bad_parts(tmp_
     assert again["phase2"] == pytest.approx(m["phase2"])
     with pytest.raises(InvalidInputError, match=r"config\.json.*safetensors"):
         train_cad_frl(CADConfig.smoke(output_dir=str(tmp_path / "bad"), image_mae=str(tmp_path / "nowhere")))
+    with pytest.raises(InvalidInputError, match="image_mae=.*vit-mae-base"):      # before any data is read
+        train_cad_frl(CADConfig.smoke(output_dir=str(tmp_path / "nsd"), world=str(tmp_path / "an_nsd_root")))
     with pytest.raises(InvalidInputError, match="subj99"):
         train_cad_frl(CADConfig.smoke(output_dir=str(tmp_path / "bad2"), subject="subj99"))

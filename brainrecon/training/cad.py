@@ -129,6 +129,10 @@ def train_cad_frl(config: CADConfig, world=None) -> Path:
     if cfg.input_kind != "voxels":
         raise InvalidInputError("train_cad_frl reads voxel vectors for now (input_kind='voxels', the paper's); "
                                 "DoubleContrastiveMAE itself also takes flatmaps.")
+    if cfg.image_mae is None and world is None and cfg.world != "toy":
+        raise InvalidInputError("phase 2 on NSD needs a pre-trained image MAE: pass image_mae=<a local "
+                                "ViTMAEForPreTraining folder, e.g. facebook/vit-mae-base> (the toy image MAE is "
+                                "trained on toy scenes only).")
     with RunContext(cfg, "cad_frl", world=world) as ctx:
         subject = ctx.subjects([cfg.subject], ())[0]
         train = ctx.voxel_dataset([subject], "train", repeats="each")
