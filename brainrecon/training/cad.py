@@ -148,12 +148,12 @@ def train_cad_frl(config: CADConfig, world=None) -> Path:
         if cfg.image_mae is not None:
             image = _load_image_mae(cfg.image_mae)
         else:
-            size = int(paired[0]["image"].shape[-1])
-            image = make_toy_image_mae(size, cfg.seed, small=cfg.toy_preset == "smoke")
             done = ctx.out / "image_mae"
-            if (done / "config.json").is_file():
+            if (done / "config.json").is_file():          # an earlier run of this folder trained it
                 image = _load_image_mae(done)
             else:
+                size = int(paired[0]["image"].shape[-1])
+                image = make_toy_image_mae(size, cfg.seed, small=cfg.toy_preset == "smoke")
                 keys = np.unique(np.concatenate([r.image_keys for r in paired.records]))
                 imgs = torch.stack([paired[i]["image"] for i in range(len(paired))])
 
