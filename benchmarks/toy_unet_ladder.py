@@ -151,6 +151,17 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_label_one_object_placed_groups8_place": (dict(label_place=True), "v_label_one_object_placed_groups8",
                                                 "placed_groups8 with the 3x3 place cell in the label too: is it "
                                                 "deciding where the object goes that costs the shape?"),
+    "placed_minsnr5": (dict(min_snr=5.0), "v_label_one_object_placed_groups8",
+                       "placed_groups8 with Min-SNR-5 loss weighting (Hang et al. 2023): is the loss spent on the "
+                       "wrong noise levels (fine detail and pure noise instead of the mid-noise steps where the "
+                       "shape is decided)?"),
+    "placed_lr3e-4": (dict(lr=3e-4), "v_label_one_object_placed_groups8",
+                      "placed_groups8 at lr 3e-4 instead of 1e-3: is the constant lr too high to settle on outlines?"),
+    "placed_wide8": (dict(channels=(64, 64, 64)), "v_label_one_object_placed_groups8",
+                     "placed_groups8 with the 8x8 level as wide as the others (64 channels instead of 32): is the "
+                     "full-resolution level, where outlines are drawn, too narrow?"),
+    "placed_batch128": (dict(batch=128), "v_label_one_object_placed_groups8",
+                        "placed_groups8 at batch 128 instead of 64: is it the gradient noise?"),
     "v_label_one_object_sized_groups8": (dict(pose="sized"), "v_label_one_object_upright_groups8",
                                          "upright at the centre but a random size: is the rest of the centred "
                                          "world's lead the size?"),
