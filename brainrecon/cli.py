@@ -47,6 +47,7 @@ examples:
   brainrecon train neuropictor --out runs/np         NeuroPictor stages i-iii in the toy world
   brainrecon train neuraldiffuser --out runs/nd      NeuralDiffuser's decoders (toy world)
   brainrecon train minddiffuser --out runs/md        MindDiffuser's ridge decoders (toy world, ~1 min)
+  brainrecon train cad --out runs/cad                Contrast, Attend and Diffuse: FRL phases 1-2, LDM tuning
   brainrecon lab                                    JupyterLab on the notebooks (127.0.0.1:8888)
   brainrecon explore                                the explorer page in Voila (127.0.0.1:8866)
 """
@@ -216,6 +217,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image-encoder layers stage 2 aligns (default: the preset's, 1 2)")
     t.add_argument("--backend", default="numpy", choices=("numpy", "torch", "torch_cuda"),
                    help="himalaya backend of the ridge fits (default: %(default)s)")
+    t.add_argument("--threads", type=int, default=1)
+
+    t = tsub.add_parser(
+        "cad", formatter_class=fmt, help="Contrast, Attend and Diffuse: DC-MAE, cross-modal tuning, LDM tuning",
+        description=textwrap.dedent("""\
+            FRL phase 1 (the double-contrastive MAE on SUBJECT's voxel vectors), phase 2 (tuned beside
+            an image MAE through cross-attention; the toy world trains a small image MAE first, NSD
+            needs --image-mae) and phase 3 (the FRL encoder conditions the U-Net through
+            cross-attention and the time embedding; encoder and cross-attention heads tuned on the
+            denoising loss), as brainrecon.training.cad_ldm.train_cad. Writes OUT/reconstructor/
+            (load_reconstructor(...)(voxels)) and OUT/metrics.json; rerunning resumes.
+            See data_cards/cad_toy.md."""))
+    t.add_argument("--out", default="runs/cad_toy", help="output folder (default: %(default)s)")
+    t.add_argument("--preset", choices=("default", "smoke"), default="default",
+                   help="'default': the toy recipe (about 25 min on one CPU thread); 'smoke': seconds")
+    t.add_argument("--subject", default="subj01")
+    t.add_argument("--no-contrast", dest="contrast", action="store_false",
+                   help="phase 1 as a plain MAE (cross_weight = self_weight = 0): the ablation")
+    t.add_argument("--phase2-steps", dest="phase2_steps", type=int, default=None,
+                   help="phase 2's steps (0 skips it: the ablation; default: the preset's)")
+    t.add_argument("--image-mae", dest="image_mae", default=None, metavar="DIR",
+                   help="a local ViTMAEForPreTraining folder for phase 2 (NSD: facebook/vit-mae-base)")
+    t.add_argument("--ship-to", dest="ship_to", default=None, metavar="DIR",
+                   help="copy the reconstructor here, its weights in fp16 (ship_cad)")
     t.add_argument("--threads", type=int, default=1)
 
     p = sub.add_parser(
@@ -390,6 +415,19 @@ def _cmd_train(args) -> int:
         print(f"wrote {out}/ (reconstructor/, metrics.json, run.json)")
         if args.ship_to:
             print(f"shipped {ship_neuraldiffuser(out, args.ship_to)}/ (the subject's voxel encoder only)")
+        return 0
+    if args.train_command == "cad":
+        from .training.cad import CADConfig
+        from .training.cad_ldm import ship_cad, train_cad
+
+        extra = {} if args.contrast else {"cross_weight": 0.0, "self_weight": 0.0}
+        if args.phase2_steps is not None:
+            extra["phase2_steps"] = args.phase2_steps
+        out = train_cad(getattr(CADConfig, args.preset)(output_dir=args.out, subject=args.subject,
+                                                        threads=args.threads, image_mae=args.image_mae, **extra))
+        print(f"wrote {out}/ (reconstructor/, fmri_mae/, metrics.json, run.json)")
+        if args.ship_to:
+            print(f"shipped {ship_cad(out, args.ship_to)}/")
         return 0
     if args.train_command != "neuropictor":
         build_parser().parse_args(["train", "--help"])

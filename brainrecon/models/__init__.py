@@ -19,5 +19,6 @@ _EXPORTS = {
     "align_first_order": "neuraldiffuser",
     "MindDiffuserModel": "minddiffuser", "RidgeDecoder": "ridge", "fit_ridge": "ridge",
     "cross_validated_r": "ridge",
+    "DoubleContrastiveMAE": "dcmae", "CrossModalMAE": "cross_modal", "CADModel": "cad", "CADConditionHead": "cad",
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

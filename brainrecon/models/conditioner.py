@@ -33,7 +33,7 @@ class BrainConditioner:
     """Mixin that makes a method's model usable by ``BrainToImagePipeline`` (see the module text).
 
     Subclasses set :attr:`input_kind` and implement :meth:`input_shape`, :meth:`encode_scans` and
-    :meth:`unet_inputs`; :meth:`initial_latents`, :meth:`feature_targets`, :meth:`attach_backbone`,
+    :meth:`unet_inputs`; :meth:`initial_latents`, :meth:`feature_targets`, :meth:`attach_backbone`, :meth:`adapt_unet`,
     :meth:`retrieval_embeddings` and :attr:`callback_tensors` have neutral defaults.
     """
 
@@ -107,6 +107,11 @@ class BrainConditioner:
         encoder); never saved with it. :func:`~brainrecon.sampling.load_reconstructor` calls it on
         light folders. The default keeps nothing; returns self."""
         return self
+
+    def adapt_unet(self, unet):
+        """The U-Net this method samples with, given the backbone's (CAD: one with its tuned cross-attention
+        heads, sharing every other weight). The default uses the backbone's U-Net as it is."""
+        return unet
 
     def initial_latents(self, state: dict) -> torch.Tensor | None:
         """Clean latents img2img starts from (``None``: sampling starts from noise)."""

@@ -180,6 +180,7 @@ def _from_parts(cls, d: Path, model, defaults: dict, settings: dict, device, dty
             if dtype is not None:
                 m.to(dtype)
     gs, steps = defaults["guidance_scale"], defaults["num_inference_steps"]
+    unet = model.adapt_unet(unet)
     return cls(unet, vae, scheduler, model, text_encoder=text_encoder, tokenizer=tokenizer,
                empty_prompt_embeds=empty, default_guidance_scale=5.0 if gs is None else gs,
                default_num_inference_steps=50 if steps is None else steps,

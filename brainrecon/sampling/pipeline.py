@@ -127,7 +127,8 @@ class BrainToImagePipeline(DiffusionPipeline):
         with torch.no_grad():
             empty = backbone.encode_text([""])
         model.to(device=backbone.device, dtype=next(backbone.unet.parameters()).dtype)  # as the U-Net
-        return cls(backbone.unet, backbone.vae, backbone.scheduler, model.eval().requires_grad_(False),
+        unet = model.adapt_unet(backbone.unet)                 # CAD: its tuned cross-attention heads
+        return cls(unet, backbone.vae, backbone.scheduler, model.eval().requires_grad_(False),
                    text_encoder=backbone.text_encoder, tokenizer=backbone.tokenizer, empty_prompt_embeds=empty,
                    default_guidance_scale=meta.get("guidance_scale", 5.0) if guidance_scale is None
                    else guidance_scale,

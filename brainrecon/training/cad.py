@@ -12,8 +12,8 @@
 
 It writes ``OUT/fmri_mae/`` (phase 2's fMRI auto-encoder; phase 3 conditions the U-Net on its encoder),
 ``OUT/image_mae/`` (toy) and ``metrics.json``: the held-out masked-voxel MSE after each phase against the
-training-mean response (the same masks for every row). Phase 3 (LDM conditioning) and the n-way table are not
-built yet (issue 15).
+training-mean response (the same masks for every row). Phase 3 (LDM conditioning) follows in
+:func:`brainrecon.training.cad_ldm.train_cad`, which runs these phases first in the same folder.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from ..models.cross_modal import CrossModalMAE
 from ..models.dcmae import DoubleContrastiveMAE
 from .run import RunConfig, RunContext
 
-__all__ = ["CADConfig", "train_cad_frl", "make_toy_image_mae"]
+__all__ = ["CADConfig", "train_cad_frl", "run_frl", "check_frl_config", "make_toy_image_mae"]
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,11 @@ class CADConfig(RunConfig):
     image_mask_ratio: float = 0.5
     image_mae: str | None = None        # a local ViTMAEForPreTraining folder (NSD: facebook/vit-mae-base)
     image_mae_steps: int = 1500         # toy: the image MAE's own pre-training
+    ldm_steps: int = 1500               # phase 3 (§4.2.2: the fMRI encoder and the U-Net's cross-attention)
+    ldm_lr: float = 3e-4                # 5.5e-5 at batch 5 in the paper
+    cond_drop: float = 0.0              # share of conditions replaced by the empty caption (0: no CFG, the paper)
 
-    _SMOKE = dict(toy_preset="smoke", steps=12, phase2_steps=8, image_mae_steps=8, batch_size=16, lr=2e-3,
+    _SMOKE = dict(toy_preset="smoke", steps=12, phase2_steps=8, image_mae_steps=8, ldm_steps=8, batch_size=16, lr=2e-3,
                   warmup_steps=2, checkpoint_every=6, embed_dim=32, depth=1, decoder_embed_dim=16,
                   decoder_depth=1, n_eval=30, progress=False)
     _DEFAULT = dict(steps=1500, batch_size=64, lr=1e-3, warmup_steps=100, checkpoint_every=250, n_eval=200)
@@ -124,6 +127,15 @@ def train_cad_frl(config: CADConfig, world=None) -> Path:
         An already built toy world (else ``config.world`` / ``toy_preset``).
     """
     cfg = config
+    check_frl_config(cfg, world)
+    with RunContext(cfg, "cad_frl", world=world) as ctx:
+        fmri, metrics, results = run_frl(ctx, cfg)
+        ctx.finish(metrics, results)
+    return Path(cfg.output_dir)
+
+
+def check_frl_config(cfg: CADConfig, world=None) -> None:
+    """Refuse FRL settings that cannot run, before any data is read."""
     check_range("phase2_steps", cfg.phase2_steps, 0)
     check_range("image_mae_steps", cfg.image_mae_steps, 0)
     if cfg.input_kind != "voxels":
@@ -133,80 +145,84 @@ def train_cad_frl(config: CADConfig, world=None) -> Path:
         raise InvalidInputError("phase 2 on NSD needs a pre-trained image MAE: pass image_mae=<a local "
                                 "ViTMAEForPreTraining folder, e.g. facebook/vit-mae-base> (the toy image MAE is "
                                 "trained on toy scenes only).")
-    with RunContext(cfg, "cad_frl", world=world) as ctx:
-        subject = ctx.subjects([cfg.subject], ())[0]
-        train = ctx.voxel_dataset([subject], "train", repeats="each")
-        paired = ctx.voxel_dataset([subject], "train")
-        test = ctx.voxel_dataset([subject], "test")
-        x_train = torch.as_tensor(np.asarray(train.records[0].responses, np.float32))
-        x_test = torch.as_tensor(np.asarray(test.records[0].responses, np.float32))[:cfg.n_eval]
-        mean = x_train.mean(0, keepdim=True)
-        results, metrics = {}, {"subject": subject, "n_voxels": int(x_train.shape[1]),
-                                "n_train_responses": int(len(x_train))}
 
-        # image MAE: loaded (real world) or trained on the world's scenes (toy)
-        if cfg.image_mae is not None:
-            image = _load_image_mae(cfg.image_mae)
+
+def run_frl(ctx: RunContext, cfg: CADConfig) -> tuple:
+    """FRL phases 1 and 2 (and the toy image MAE) inside an open run; ``(fmri, metrics, results)``.
+
+    Writes ``OUT/fmri_mae/`` (and ``OUT/image_mae/``); each phase resumes from its checkpoints."""
+    subject = ctx.subjects([cfg.subject], ())[0]
+    train = ctx.voxel_dataset([subject], "train", repeats="each")
+    paired = ctx.voxel_dataset([subject], "train")
+    test = ctx.voxel_dataset([subject], "test")
+    x_train = torch.as_tensor(np.asarray(train.records[0].responses, np.float32))
+    x_test = torch.as_tensor(np.asarray(test.records[0].responses, np.float32))[:cfg.n_eval]
+    mean = x_train.mean(0, keepdim=True)
+    results, metrics = {}, {"subject": subject, "n_voxels": int(x_train.shape[1]),
+                            "n_train_responses": int(len(x_train))}
+
+    # image MAE: loaded (real world) or trained on the world's scenes (toy)
+    if cfg.image_mae is not None:
+        image = _load_image_mae(cfg.image_mae)
+    else:
+        done = ctx.out / "image_mae"
+        if (done / "config.json").is_file():          # an earlier run of this folder trained it
+            image = _load_image_mae(done)
         else:
-            done = ctx.out / "image_mae"
-            if (done / "config.json").is_file():          # an earlier run of this folder trained it
-                image = _load_image_mae(done)
-            else:
-                size = int(paired[0]["image"].shape[-1])
-                image = make_toy_image_mae(size, cfg.seed, small=cfg.toy_preset == "smoke")
-                keys = np.unique(np.concatenate([r.image_keys for r in paired.records]))
-                imgs = torch.stack([paired[i]["image"] for i in range(len(paired))])
+            size = int(paired[0]["image"].shape[-1])
+            image = make_toy_image_mae(size, cfg.seed, small=cfg.toy_preset == "smoke")
+            keys = np.unique(np.concatenate([r.image_keys for r in paired.records]))
+            imgs = torch.stack([paired[i]["image"] for i in range(len(paired))])
 
-                def image_batch(step):
-                    rng = np.random.default_rng([cfg.seed, 21, int(step)])
-                    return (imgs[torch.as_tensor(rng.integers(0, len(imgs), cfg.batch_size))],)
+            def image_batch(step):
+                rng = np.random.default_rng([cfg.seed, 21, int(step)])
+                return (imgs[torch.as_tensor(rng.integers(0, len(imgs), cfg.batch_size))],)
 
-                n_patch = (size // int(image.config.patch_size)) ** 2
+            n_patch = (size // int(image.config.patch_size)) ** 2
 
-                def image_loss(m, batch, step):
-                    noise = torch.rand(len(batch[0]), n_patch, generator=_generator(cfg.seed, 3, step))
-                    return m(pixel_values=batch[0], noise=noise.to(batch[0].device)).loss
-                results["image_mae"] = ctx.fit(image, image_loss, image_batch,
-                                               cfg.fit_config(cfg.image_mae_steps, cfg.lr, "CAD image MAE", tag=3),
-                                               "image_mae")
-                if ctx.is_main:
-                    with atomic_dir(done) as tmp:
-                        image.save_pretrained(tmp, safe_serialization=True)
-                metrics["image_mae_images"] = int(len(keys))
+            def image_loss(m, batch, step):
+                noise = torch.rand(len(batch[0]), n_patch, generator=_generator(cfg.seed, 3, step))
+                return m(pixel_values=batch[0], noise=noise.to(batch[0].device)).loss
+            results["image_mae"] = ctx.fit(image, image_loss, image_batch,
+                                           cfg.fit_config(cfg.image_mae_steps, cfg.lr, "CAD image MAE", tag=3),
+                                           "image_mae")
+            if ctx.is_main:
+                with atomic_dir(done) as tmp:
+                    image.save_pretrained(tmp, safe_serialization=True)
+            metrics["image_mae_images"] = int(len(keys))
 
-        # phase 1: the DC-MAE on every training response (no image)
-        fmri = _new_fmri_mae(cfg, int(x_train.shape[1]), cfg.cross_weight, cfg.self_weight)
+    # phase 1: the DC-MAE on every training response (no image)
+    fmri = _new_fmri_mae(cfg, int(x_train.shape[1]), cfg.cross_weight, cfg.self_weight)
 
-        def fmri_batch(step):
-            rng = np.random.default_rng([cfg.seed, 22, int(step)])
-            return (x_train[torch.as_tensor(rng.integers(0, len(x_train), cfg.batch_size))],)
+    def fmri_batch(step):
+        rng = np.random.default_rng([cfg.seed, 22, int(step)])
+        return (x_train[torch.as_tensor(rng.integers(0, len(x_train), cfg.batch_size))],)
 
-        results["phase1"] = ctx.fit(fmri, lambda m, b, s: m(b[0], _generator(cfg.seed, 1, s)), fmri_batch,
-                                    cfg.fit_config(cfg.steps, cfg.lr, "CAD phase 1 (DC-MAE)", tag=1), "phase1")
-        metrics["phase1"] = _held_out_mse(fmri, x_test, mean, cfg.seed)
+    results["phase1"] = ctx.fit(fmri, lambda m, b, s: m(b[0], _generator(cfg.seed, 1, s)), fmri_batch,
+                                cfg.fit_config(cfg.steps, cfg.lr, "CAD phase 1 (DC-MAE)", tag=1), "phase1")
+    metrics["phase1"] = _held_out_mse(fmri, x_test, mean, cfg.seed)
 
-        # phase 2: tuned with the image MAE through cross-attention, on (response, seen image) pairs
-        if cfg.phase2_steps > 0:
-            cross = CrossModalMAE.build(fmri, image, fmri_weight=cfg.fmri_weight, image_weight=cfg.image_weight,
-                                        fmri_mask_ratio=cfg.mask_ratio, image_mask_ratio=cfg.image_mask_ratio)
-            x_pair = torch.as_tensor(np.asarray(paired.records[0].responses, np.float32))
-            s = int(image.config.image_size)
+    # phase 2: tuned with the image MAE through cross-attention, on (response, seen image) pairs
+    if cfg.phase2_steps > 0:
+        cross = CrossModalMAE.build(fmri, image, fmri_weight=cfg.fmri_weight, image_weight=cfg.image_weight,
+                                    fmri_mask_ratio=cfg.mask_ratio, image_mask_ratio=cfg.image_mask_ratio)
+        x_pair = torch.as_tensor(np.asarray(paired.records[0].responses, np.float32))
+        s = int(image.config.image_size)
 
-            def pair_batch(step):
-                rng = np.random.default_rng([cfg.seed, 23, int(step)])
-                i = rng.integers(0, len(x_pair), cfg.batch_size)
-                u = torch.stack([paired[int(j)]["image"] for j in i]).float()
-                if u.shape[-1] != s:
-                    u = torch.nn.functional.interpolate(u, size=(s, s), mode="bilinear", antialias=True)
-                return x_pair[torch.as_tensor(i)], u
+        def pair_batch(step):
+            rng = np.random.default_rng([cfg.seed, 23, int(step)])
+            i = rng.integers(0, len(x_pair), cfg.batch_size)
+            u = torch.stack([paired[int(j)]["image"] for j in i]).float()
+            if u.shape[-1] != s:
+                u = torch.nn.functional.interpolate(u, size=(s, s), mode="bilinear", antialias=True)
+            return x_pair[torch.as_tensor(i)], u
 
-            fit2 = replace(cfg.fit_config(cfg.phase2_steps, cfg.phase2_lr, "CAD phase 2 (cross-modal)", tag=2),
-                           find_unused_parameters=True)
-            results["phase2"] = ctx.fit(cross, lambda m, b, st: m(b[0], b[1], _generator(cfg.seed, 2, st)),
-                                        pair_batch, fit2, "phase2")
-            metrics["phase2"] = _held_out_mse(fmri, x_test, mean, cfg.seed)
-        if ctx.is_main:
-            with atomic_dir(ctx.out / "fmri_mae") as tmp:
-                fmri.save_pretrained(tmp)
-        ctx.finish(metrics, results)
-    return Path(cfg.output_dir)
+        fit2 = replace(cfg.fit_config(cfg.phase2_steps, cfg.phase2_lr, "CAD phase 2 (cross-modal)", tag=2),
+                       find_unused_parameters=True)
+        results["phase2"] = ctx.fit(cross, lambda m, b, st: m(b[0], b[1], _generator(cfg.seed, 2, st)),
+                                    pair_batch, fit2, "phase2")
+        metrics["phase2"] = _held_out_mse(fmri, x_test, mean, cfg.seed)
+    if ctx.is_main:
+        with atomic_dir(ctx.out / "fmri_mae") as tmp:
+            fmri.save_pretrained(tmp)
+    return fmri, metrics, results

@@ -208,9 +208,11 @@ class RunContext:
             "guidance_scale": float(getattr(backbone, "guidance_scale", 5.0)),
             "image_size": int(backbone.image_size)})
 
-    def save_reconstructor(self, model, backbone, method: str, subject: str) -> None:
+    def save_reconstructor(self, model, backbone, method: str, subject: str,
+                           guidance_scale: float | None = None) -> None:
         """``OUT/reconstructor/``, a light folder (``conditioner/`` + ``model_index.json`` +
-        ``backbone.json``) of a voxel method's conditioner, written atomically (main process only)."""
+        ``backbone.json``) of a voxel method's conditioner, written atomically (main process only);
+        ``guidance_scale`` defaults to the backbone's."""
         if not self.is_main:
             return
         with atomic_dir(self.out / "reconstructor") as d:
@@ -218,7 +220,8 @@ class RunContext:
             write_index(d, model)
             write_json(d / "backbone.json", {"backbone": self.backbone_name or "toy", "method": method,
                                              "subject": subject,
-                                             "guidance_scale": float(getattr(backbone, "guidance_scale", 5.0))})
+                                             "guidance_scale": float(getattr(backbone, "guidance_scale", 5.0)
+                                                                     if guidance_scale is None else guidance_scale)})
 
     def finish(self, metrics: dict, results: dict, **extra) -> None:
         """Write ``config.json``, ``metrics.json``, ``history.json`` and ``run.json`` (main process only)."""
