@@ -16,6 +16,7 @@ _EXPORTS = {
     "evaluate_reconstructor": "explore", "make_test_maps": "explore", "plot_control_sweep": "explore",
     "plot_swap_grid": "explore", "sweep_feature_guidance": "explore", "evaluate_retrieval": "explore",
     "score_trivial_baselines": "explore", "plot_kappa_eta": "explore", "feature_guidance_label": "explore",
+    "score_images": "explore", "score_reconstructions": "explore", "STANDARD_METRICS": "explore",
     "optimise_latents": "latent_opt", "LatentOptimisationOutput": "latent_opt",
     "compare_stages": "two_stage", "plot_stage_losses": "two_stage", "plot_latent_optimisation": "two_stage",
     "write_demo_report": "demo", "make_demo_world": "demo", "demo_world_config": "demo",

@@ -10,6 +10,8 @@
   :func:`plot_swap_grid`;
 * :func:`sweep_feature_guidance` — the same scans and seeds at every (κ, η) of feature guidance, scored;
   :func:`score_trivial_baselines` (mean image, shuffled scan) and :func:`plot_kappa_eta`;
+* :func:`score_images` — one row of figures (suite + toy judge); :func:`score_reconstructions` — the same
+  row beside the shuffled-scan and mean-image baselines;
 * :func:`evaluate_retrieval` — brain ↔ image retrieval among 300 candidates;
 * :func:`evaluate_reconstructor` — the acceptance figures on the toy world through
   :func:`brainrecon.metrics.evaluate`: α = 1 vs α = 0, CFG 0 vs default, and the swap test.
@@ -29,10 +31,13 @@ from ..metrics import (METRIC_INFO, as_tensor, as_uint8, attribute_scores_per_im
 
 __all__ = ["make_test_maps", "reconstruct", "sweep_control_scale", "plot_control_sweep", "swap_grid",
            "plot_swap_grid", "evaluate_reconstructor", "evaluate_retrieval", "sweep_feature_guidance",
-           "score_trivial_baselines", "plot_kappa_eta", "feature_guidance_label", "KAPPA_ETA_METRICS"]
+           "score_trivial_baselines", "score_images", "score_reconstructions", "plot_kappa_eta",
+           "feature_guidance_label", "KAPPA_ETA_METRICS", "STANDARD_METRICS"]
 
 #: What a κ × η sweep scores by default (NeuralDiffuser Tab. 2's low-level and high-level columns).
 KAPPA_ETA_METRICS = ("pixcorr", "ssim", "alexnet2", "clip")
+#: The standard table's image metrics (MindEye's eight, and n-way top-1: CAD's).
+STANDARD_METRICS = ("pixcorr", "ssim", "alexnet2", "alexnet5", "inception", "clip", "effnet", "swav", "nway")
 
 
 def _generators(seed: int, indices) -> list:
@@ -234,6 +239,39 @@ def evaluate_retrieval(pipe, data, targets=None, n_way: int = 300, n_loops: int 
 def feature_guidance_label(kappa: float, eta: float) -> str:
     """How figures name a feature-guidance setting: ``"κ = 0"`` or ``"κ = 0.01, η = 0.2"``."""
     return "κ = 0" if float(kappa) == 0 else f"κ = {float(kappa):g}, η = {float(eta):g}"
+
+
+def score_images(images, data, judge=None, metrics=KAPPA_ETA_METRICS) -> dict:
+    """One row of figures for reconstructions of :func:`make_test_maps` scans: the evaluation suite's
+    ``metrics`` (toy feature set) and, with the toy ``judge``, the main object's position error, colour
+    and category accuracy (``{metric: value}``)."""
+    row = metrics_dict(evaluate(images, data["targets"], metrics=list(metrics), feature_set="toy"))
+    if judge is not None:
+        a = data["attributes"]
+        att = attribute_scores_per_image(images, a["category"], a["colour"], a["bbox"], judge,
+                                         image_size=data["targets"].shape[-1])
+        row.update(position_error=float(np.mean(att["position_error"])), colour=float(np.mean(att["colour_ok"])),
+                   category=float(np.mean(att["category_ok"])))
+    return row
+
+
+def score_reconstructions(images, data, train_images, judge=None, metrics=STANDARD_METRICS) -> dict:
+    """Reconstructions beside the two trivial baselines, every row scored the same way.
+
+    ``{"reconstruction": row, "shuffled_scan": row, "mean_image": row}``: :func:`score_images` of the
+    images, of the images against targets rolled by half the set, and of the training-mean image
+    (:func:`score_trivial_baselines`); the judge's columns for the baselines are computed the same way.
+    """
+    images = torch.as_tensor(images).float()
+    n = len(images)
+    base = score_trivial_baselines(images, data["targets"], train_images, metrics=metrics)
+    perm = torch.roll(torch.arange(n), n // 2).numpy()
+    shuffled = {**data, "targets": torch.as_tensor(data["targets"])[perm],
+                "attributes": {k: np.asarray(v)[perm] for k, v in data["attributes"].items()}}
+    mean = base["mean_image_pixels"][None].expand(n, -1, -1, -1)
+    return {"reconstruction": score_images(images, data, judge, metrics),
+            "shuffled_scan": score_images(images, shuffled, judge, metrics),
+            "mean_image": score_images(mean, data, judge, metrics)}
 
 
 def score_trivial_baselines(images, targets, train_images, metrics=KAPPA_ETA_METRICS, feature_set="toy") -> dict:

@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError, check_range
 from ..figures import Figure
-from ..metrics import attribute_scores_per_image, evaluate, metrics_dict
-from .explore import KAPPA_ETA_METRICS, score_trivial_baselines
+from .explore import KAPPA_ETA_METRICS, score_images, score_trivial_baselines
 from .latent_opt import optimise_latents
 
 __all__ = ["compare_stages", "plot_stage_losses", "plot_latent_optimisation", "STAGE_METRICS", "STAGE_ROWS"]
@@ -25,17 +24,6 @@ __all__ = ["compare_stages", "plot_stage_losses", "plot_latent_optimisation", "S
 STAGE_METRICS = KAPPA_ETA_METRICS
 #: Its rows, in order.
 STAGE_ROWS = ("stage 1", "stage 2", "stage 2, random z")
-
-
-def _score(images, data, judge, metrics) -> dict:
-    row = metrics_dict(evaluate(images, data["targets"], metrics=list(metrics), feature_set="toy"))
-    if judge is not None:
-        a = data["attributes"]
-        att = attribute_scores_per_image(images, a["category"], a["colour"], a["bbox"], judge,
-                                         image_size=data["targets"].shape[-1])
-        row.update(position_error=float(np.mean(att["position_error"])), colour=float(np.mean(att["colour_ok"])),
-                   category=float(np.mean(att["category_ok"])))
-    return row
 
 
 def compare_stages(pipe, data, iterations: int = 30, lr: float = 0.01, seed: int = 0, batch_size: int = 16,
@@ -106,13 +94,13 @@ def compare_stages(pipe, data, iterations: int = 30, lr: float = 0.01, seed: int
         else:
             imgs["stage 2, random z"].append(out.images)
     images = {k: torch.cat(v) for k, v in imgs.items() if v}
-    rows = {k: _score(v, data, judge, metrics) for k, v in images.items()}
+    rows = {k: score_images(v, data, judge, metrics) for k, v in images.items()}
     res = {"rows": rows, "images": images, "losses": {k: torch.cat(v, 1) for k, v in losses.items()},
            "iterations": int(iterations), "n_test": int(n)}
     if curve_every:
         curve = {"iteration": sorted(snaps)}
         for it in curve["iteration"]:
-            row = _score(torch.cat(snaps[it]), data, judge, ("pixcorr", "ssim"))
+            row = score_images(torch.cat(snaps[it]), data, judge, ("pixcorr", "ssim"))
             for k, v in row.items():
                 if k in ("pixcorr", "ssim", "position_error"):
                     curve.setdefault(k, []).append(float(v))

@@ -38,6 +38,7 @@ SMOKE: dict[str, dict] = {
                                "KAPPAS": [0.0, 1e-3], "ETAS": [0.2, 1.0], "N_SHOW": 3},
     "10_minddiffuser.py": {"PRESET": "smoke", "N_TEST": 3, "NUM_INFERENCE_STEPS": 4, "ITERATIONS": 2,
                            "LR": 0.05, "N_SHOW": 3},
+    "11_contrast_attend_diffuse.py": {"PRESET": "smoke", "N_TEST": 4, "NUM_INFERENCE_STEPS": 4, "N_SHOW": 3},
 }
 
 
@@ -266,3 +267,18 @@ def test_10_minddiffuser(tmp_path):
     assert m["reconstructor"].endswith("run/reconstructor")
     for fig in m["figures"]:
         assert (tmp_path / "10_minddiffuser" / fig).stat().st_size > 5000
+
+
+@pytest.mark.notebook
+def test_11_contrast_attend_diffuse(tmp_path):
+    """Notebook 11 trains the smoke CAD run (FRL phases 1-2, phase 3) and scores its reconstructions."""
+    m = run_notebook("11_contrast_attend_diffuse.py", tmp_path)
+    assert set(m["frl"]) == {"phase1", "phase2"} and all(r["mean_baseline"] > 0 for r in m["frl"].values())
+    assert {"noise_mse", "noise_mse_shuffled_scan", "noise_mse_no_brain", "noise_mse_true_caption"} <= set(m["ldm"])
+    rows = m["reconstructions"]
+    assert set(rows) == {"reconstruction", "shuffled_scan", "mean_image"} and m["n_test"] == 4
+    assert all({"pixcorr", "ssim", "nway", "category", "position_error"} <= set(r) for r in rows.values())
+    assert rows["reconstruction"] != rows["shuffled_scan"] and m["guidance_scale"] == 1.0
+    assert m["run"].endswith("run")
+    for fig in m["figures"]:
+        assert (tmp_path / "11_contrast_attend_diffuse" / fig).stat().st_size > 5000
