@@ -43,6 +43,7 @@ examples:
   brainrecon demo --out demo-out                    NeuroPictor on held-out toy scans: alpha sweep, swap, report
   brainrecon demo --method neuraldiffuser           NeuralDiffuser: feature guidance kappa x eta, retrieval
   brainrecon demo --method minddiffuser --n-test 12 MindDiffuser: stage 1 vs stage 2 (latent optimisation)
+  brainrecon demo --method cad                      Contrast, Attend and Diffuse: reconstructions, n-way, baselines
   brainrecon evaluate runs/recon                    the field's metrics on a results folder
   brainrecon train neuropictor --out runs/np         NeuroPictor stages i-iii in the toy world
   brainrecon train neuraldiffuser --out runs/nd      NeuralDiffuser's decoders (toy world)
@@ -138,9 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
             the decoded image-encoder features, Eq. 5) and stage 2 from a random z (the paper's
             ablation), beside the same baselines; writes OUT/reconstructions.png,
             stage_losses.png, report.json and results/ (stage 2). About 0.6 s per scan per
-            iteration per run on one thread: --n-test 12 --iterations 10 takes ~2.5 min."""))
+            iteration per run on one thread: --n-test 12 --iterations 10 takes ~2.5 min.
+
+            cad: the FRL encoder's reconstructions (cross-attention + time-embedding conditioning,
+            the paper's guidance 1), scored by the standard table with n-way top-1 (10-way in the
+            toy world) and the toy judge, beside the shuffled-scan and training-mean baselines;
+            writes OUT/reconstructions.png, report.json and results/."""))
     p.add_argument("--out", default="brainrecon-demo", help="output folder (default: %(default)s)")
-    p.add_argument("--method", choices=("neuropictor", "neuraldiffuser", "minddiffuser"), default=None,
+    p.add_argument("--method", choices=("neuropictor", "neuraldiffuser", "minddiffuser", "cad"), default=None,
                    help="which shipped reconstructor (default neuropictor); with --reconstructor, "
                         "the folder's own method (a different --method is refused)")
     p.add_argument("--reconstructor", default=None, metavar="PATH",
@@ -376,6 +382,10 @@ def _cmd_demo(args) -> int:
                                n_test=args.n_test, num_inference_steps=args.steps, seed=args.seed,
                                world_preset=args.world, threads=args.threads, method=args.method,
                                iterations=args.iterations)
+    if report["method"] == "cad":
+        print(json.dumps({k: report[k] for k in ("reconstruction", "shuffled_scan", "mean_image")}, indent=2))
+        print(f"wrote {args.out}/ (reconstructions.png, report.json, results/) in {report['seconds']:.0f} s")
+        return 0
     if report["method"] == "minddiffuser":
         print(json.dumps({"stages": report["stages"], "baselines": report["baselines"]}, indent=2))
         print(f"wrote {args.out}/ (reconstructions.png, stage_losses.png, report.json, results/) "

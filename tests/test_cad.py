@@ -160,3 +160,20 @@ def test_same_code_runs_on_nsd(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     img = pipe(torch.randn(1, m["n_voxels"]), num_inference_steps=4, output_type="pt").images
     assert img.shape[:2] == (1, 3) and torch.isfinite(img).all()
+
+
+def test_demo_scores_the_reconstructions_beside_the_baselines(run, tmp_path):
+    from brainrecon.sampling.demo import write_demo_report
+
+    rec = run / "reconstructor"
+    with pytest.raises(InvalidInputError, match="--method neuropictor"):
+        write_demo_report(tmp_path / "no", reconstructor=rec, method="neuropictor")
+    with pytest.raises(InvalidInputError, match=r"fitted on subj01.*none for subj02"):
+        write_demo_report(tmp_path / "no", reconstructor=rec, subject="subj02", world_preset="smoke")
+    r = write_demo_report(tmp_path / "demo", reconstructor=rec, n_test=4, num_inference_steps=3, progress=False)
+    assert r["method"] == "cad" and r["n_test"] == 4 and r["guidance_scale"] == 1.0
+    for row in ("reconstruction", "shuffled_scan", "mean_image"):
+        assert {"pixcorr", "ssim", "nway", "category", "colour", "position_error"} <= set(r[row])
+    assert r["reconstruction"] != r["shuffled_scan"] and r["run"]["subject"] == "subj01"
+    assert (tmp_path / "demo" / "reconstructions.png").stat().st_size > 5000
+    assert (tmp_path / "demo" / "results" / "reconstructions.npy").is_file()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..backbones import load_backbone
 from ..data.toystore import load_toyworld
 from ..data.toyworld import ToyWorldConfig, make_toyworld
 from ..errors import InvalidInputError, check_choice, check_range
@@ -24,8 +25,9 @@ from ..io import atomic_file, check_output_dir, read_json, write_json
 from ..metrics import plot_reconstruction_grid, save_results
 from ..plotting import save_figure
 from .explore import (KAPPA_ETA_METRICS, evaluate_reconstructor, evaluate_retrieval, feature_guidance_label,
-                      make_test_maps, plot_control_sweep, plot_kappa_eta, plot_swap_grid, score_trivial_baselines,
-                      swap_grid, sweep_control_scale, sweep_feature_guidance)
+                      make_test_maps, plot_control_sweep, plot_kappa_eta, plot_swap_grid, reconstruct,
+                      score_reconstructions, score_trivial_baselines, swap_grid, sweep_control_scale,
+                      sweep_feature_guidance)
 from .folders import SHIPPED_RECONSTRUCTORS, reconstructor_info
 from .pipeline import load_reconstructor
 from .two_stage import STAGE_ROWS, compare_stages, plot_stage_losses
@@ -100,14 +102,16 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
     NeuroPictor reconstructors: an α sweep and a semantic swap. NeuralDiffuser reconstructors: a κ × η
     sweep of feature guidance beside the mean-image and shuffled-scan baselines, and retrieval.
     MindDiffuser reconstructors: stage 1 vs stage 2 vs stage 2 from a random ``z``
-    (:func:`~brainrecon.sampling.two_stage.compare_stages`) beside the same baselines.
+    (:func:`~brainrecon.sampling.two_stage.compare_stages`) beside the same baselines. CAD
+    reconstructors: the standard table (with n-way top-1) and the toy judge's figures of the
+    reconstructions beside the shuffled-scan and mean-image baselines.
 
     Parameters
     ----------
     out_dir : path-like
     reconstructor : path-like, optional
         A reconstructor folder (default the shipped toy one of ``method``).
-    method : {"neuropictor", "neuraldiffuser", "minddiffuser"}, optional
+    method : {"neuropictor", "neuraldiffuser", "minddiffuser", "cad"}, optional
         Which shipped reconstructor to use when ``reconstructor`` is not given (default NeuroPictor);
         with a folder, the folder's own method is used and a different ``method`` is refused.
     subject : str, optional
@@ -148,6 +152,8 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
         :data:`~brainrecon.sampling.two_stage.STAGE_ROWS` entry: PixCorr, SSIM, AlexNet-2, CLIP, the
         judge's position error, colour and category), ``baselines``, ``loss_by_iteration``,
         ``decoders`` (the fit's ``metrics.json`` when the folder has it); ``results/`` holds stage 2.
+        CAD: ``reconstruction``, ``shuffled_scan``, ``mean_image`` (``{metric: value}``), ``run`` (the
+        training run's ``metrics.json``); ``results/`` holds the reconstructions.
         All: ``method``, file names, timings.
 
     Raises
@@ -177,6 +183,9 @@ def write_demo_report(out_dir, reconstructor=None, subject: str | None = None, n
     if threads:
         torch.set_num_threads(int(threads))
     try:
+        if kind == "cad":
+            return _write_cad_report(out_dir, info["path"], subject, n_test, num_inference_steps, seed, world,
+                                     progress)
         if kind == "minddiffuser":
             return _write_minddiffuser_report(out_dir, info["path"], subject, n_test, num_inference_steps,
                                               iterations, lr, seed, world, progress)
@@ -235,7 +244,7 @@ def _world_and_subject(info, world, world_preset, subject):
 
 
 #: Methods whose reconstructor reads one subject's voxels (their decoders fit that subject alone).
-_ONE_SUBJECT = ("neuraldiffuser", "minddiffuser")
+_ONE_SUBJECT = ("neuraldiffuser", "minddiffuser", "cad")
 
 
 def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, alphas, n_show, n_swap, seed,
@@ -378,6 +387,47 @@ def _write_minddiffuser_report(out_dir, reconstructor, subject, n_test, num_infe
               "stages": res["rows"], "baselines": res["baselines"],
               "loss_by_iteration": {k: [float(v) for v in L.mean(1)] for k, L in res["losses"].items()},
               "decoders": read_json(fit, "Copy the reconstructor folder again.") if fit else None,
+              "files": sorted(figures) + ["results/"], "seconds": time.perf_counter() - t0}
+    write_json(out / "report.json", report)
+    bar.update()
+    bar.close()
+    return report
+
+
+def _write_cad_report(out_dir, reconstructor, subject, n_test, num_inference_steps, seed, world, progress) -> dict:
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    bar = tqdm(total=4, desc="demo", disable=not progress)
+    bar.set_postfix_str("loading the reconstructor")
+    pipe = load_reconstructor(reconstructor)
+    bar.update()
+    bar.set_postfix_str("building the toy world")
+    if isinstance(world, ToyWorldConfig):
+        world = make_toyworld(world, progress=progress)
+    data = make_test_maps(pipe, world, subject, n_test)
+    targets = data["targets"]
+    steps = int(num_inference_steps or pipe.config.default_num_inference_steps)
+    train = world.scenes.images[np.asarray(world.subjects[subject].train_images)]
+    bar.update()
+    bar.set_postfix_str(f"reconstructing {len(targets)} test scans of {subject}")
+    images = reconstruct(pipe, data, seed=seed, num_inference_steps=steps, progress=False)["images"]
+    scores = score_reconstructions(images, data, train, judge=load_backbone("toy").attribute_classifier)
+    bar.update()
+    bar.set_postfix_str("writing figures")
+    k = min(8, len(targets))
+    mean = score_trivial_baselines(images, targets, train, metrics=("pixcorr",))["mean_image_pixels"]
+    rows = {"CAD": images[:k], "training mean image": mean[None].expand(k, -1, -1, -1)}
+    figures = {"reconstructions.png": plot_reconstruction_grid(rows, targets[:k], n=k, titles=data["captions"][:k])}
+    for name, fig in figures.items():
+        save_figure(fig, out / name)
+    save_results(out / "results", images, targets, method="cad", world="toy", subject=subject,
+                 image_ids=data["image_keys"], toyworld=world.config, attributes=data["attributes"],
+                 extra={"num_inference_steps": steps, "guidance_scale": float(pipe.config.default_guidance_scale)})
+    fit = run_record(pipe.info, "metrics.json")
+    report = {"method": "cad", "reconstructor": pipe.info.get("path"), "subject": subject,
+              "n_test": int(len(targets)), "seed": int(seed), "num_inference_steps": steps,
+              "guidance_scale": float(pipe.config.default_guidance_scale), **scores,
+              "run": read_json(fit, "Copy the reconstructor folder again.") if fit else None,
               "files": sorted(figures) + ["results/"], "seconds": time.perf_counter() - t0}
     write_json(out / "report.json", report)
     bar.update()

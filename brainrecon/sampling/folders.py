@@ -39,13 +39,15 @@ TOY_RECONSTRUCTOR_DIR = Path(__file__).resolve().parent.parent / "weights" / "ne
 #: The shipped toy reconstructors by method (light layouts; each has its data card).
 SHIPPED_RECONSTRUCTORS = {"neuropictor": TOY_RECONSTRUCTOR_DIR,
                           "neuraldiffuser": TOY_RECONSTRUCTOR_DIR.parent / "neuraldiffuser_toy",
-                          "minddiffuser": TOY_RECONSTRUCTOR_DIR.parent / "minddiffuser_toy"}
+                          "minddiffuser": TOY_RECONSTRUCTOR_DIR.parent / "minddiffuser_toy",
+                          "cad": TOY_RECONSTRUCTOR_DIR.parent / "cad_toy"}
 _RECIPES = {"neuropictor": "Train one with the NeuroPictor stages (brainrecon train neuropictor; refine_subject "
                            "writes the folder) and pass its folder.",
             "neuraldiffuser": "Train one with brainrecon train neuraldiffuser (it writes OUT/reconstructor/) "
                               "and pass that folder.",
             "minddiffuser": "Fit one with brainrecon train minddiffuser (it writes OUT/reconstructor/) and pass "
-                            "that folder."}
+                            "that folder.",
+            "cad": "Train one with brainrecon train cad (it writes OUT/reconstructor/) and pass that folder."}
 #: keys of backbone.json / pipeline.json read as settings; any others land in ``pipe.info``
 _KNOWN = ("_class_name", "backbone", "backbone_source", "guidance_scale", "num_inference_steps", "flatmap", "info")
 _HINT = ("A reconstructor folder holds model_index.json with conditioner/ (or, written before it, NeuroPictor's "
@@ -211,9 +213,9 @@ def load_reconstructor(path=None, device=None, dtype: torch.dtype | None = None,
     path : path-like, optional
         A reconstructor folder (light or full layout). Default: the shipped toy reconstructor of
         ``method`` (:data:`SHIPPED_RECONSTRUCTORS`: ``brainrecon/weights/neuropictor_toy``,
-        ``neuraldiffuser_toy``, ``minddiffuser_toy``).
+        ``neuraldiffuser_toy``, ``minddiffuser_toy``, ``cad_toy``).
     device, dtype : optional
-    method : {"neuropictor", "neuraldiffuser", "minddiffuser"}
+    method : {"neuropictor", "neuraldiffuser", "minddiffuser", "cad"}
         Which shipped reconstructor ``path=None`` loads (ignored when ``path`` is given).
     **kwargs
         ``guidance_scale``, ``num_inference_steps`` or ``flatmap`` override the saved defaults.
