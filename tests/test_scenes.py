@@ -198,6 +198,10 @@ def test_poses_share_the_random_stream_and_centred_needs_one_object():
     assert xs.min() >= 8.0 * 1.05 - 1e-6 and xs.max() <= 32 - 8.0 * 1.05 + 1e-6 and xs.std() > 3
     assert all(o[0]["centre"] == (16.0, 16.0) for o in sized.objects)
     assert [o[0]["size"] for o in sized.objects] == [o[0]["size"] for o in up.objects]
+    grid = make_scenes(64, 32, seed=3, max_objects=1, pose="gridded")     # placed, snapped to the latent's cells
+    gs = np.array([o[0]["centre"] for o in grid.objects])
+    assert set(np.unique(gs)) == {12.0, 16.0, 20.0} and np.abs(gs - xs).max() <= 4.0
+    assert (grid.category == placed.category).all()
     with pytest.raises(InvalidInputError, match="max_objects=1"):
         make_scenes(4, 32, pose="placed")
     with pytest.raises(InvalidInputError, match="max_objects=1"):

@@ -489,8 +489,9 @@ def _backgrounds(rng, pattern, bg_col, bg_par, S):
 
 
 #: Object poses :func:`make_scenes` can draw (``pose=``).
-POSES: tuple[str, ...] = ("random", "upright", "centred", "placed", "sized")
-_ONE_OBJECT_POSES = ("centred", "placed", "sized")
+POSES: tuple[str, ...] = ("random", "upright", "centred", "placed", "sized", "gridded")
+_ONE_OBJECT_POSES = ("centred", "placed", "sized", "gridded")
+_GRID = 8                    # "gridded": centres on multiples of 1/8 side (the shipped 4x VAE's cell at 32 px)
 _CENTRED_RADIUS = 0.25       # the main object's radius in the "centred" pose, fraction of the side
 
 
@@ -509,15 +510,18 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
         call equal a call with ``n = m``).
     max_objects : int
         Objects per image are drawn uniformly from 1 to this (1 to 3).
-    pose : {"random", "upright", "centred", "placed", "sized"}
+    pose : {"random", "upright", "centred", "placed", "sized", "gridded"}
         ``"random"`` (the default world): every object at a random place, size and rotation.
         ``"upright"``: the same places and sizes, every rotation 0 (arrows point right).
         ``"centred"``: one upright object of radius 0.25 image sides at the centre, an
         MNIST-like world for diagnosing generators (needs ``max_objects=1``).
         ``"placed"``: one upright object of radius 0.25 at a random place; ``"sized"``: one
         upright object at the centre at a random size (the two halves of the difference
-        between ``"upright"`` and ``"centred"``; both need ``max_objects=1``). All poses draw
-        the same random stream, so colours, categories and backgrounds agree across poses.
+        between ``"upright"`` and ``"centred"``; both need ``max_objects=1``). ``"gridded"``:
+        ``"placed"`` with the centre rounded to a multiple of 1/8 side (one cell of the shipped
+        8×8 latent at 32 px; 3×3 places), so every object has the same offset from the latent
+        grid. All poses draw the same random stream, so colours, categories and backgrounds
+        agree across poses.
 
     Returns
     -------
@@ -551,14 +555,17 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
             rots[:] = 0.0
         if pose in ("centred", "sized"):
             centres[:, 0] = 0.5
-        if pose in ("centred", "placed"):
+        if pose in ("centred", "placed", "gridded"):
             # the random places were drawn for the random size: rescale them into the fixed radius's range
             lo = sizes[:, 0] * 1.05
             frac = (centres[:, 0] - lo[:, None]) / (1 - 2 * lo)[:, None]
             sizes[:, 0] = _CENTRED_RADIUS
-            if pose == "placed":
+            if pose in ("placed", "gridded"):
                 r = _CENTRED_RADIUS * 1.05
                 centres[:, 0] = r + frac * (1 - 2 * r)
+            if pose == "gridded":
+                centres[:, 0] = np.clip(np.round(centres[:, 0] * _GRID), np.ceil(r * _GRID),
+                                        np.floor((1 - r) * _GRID)) / _GRID
         m = min(BLOCK, n - b0)
         img = _backgrounds(rng, pattern, bg_col, bg_par, S)[:m]
         bboxes = np.zeros((m, K, 4))
