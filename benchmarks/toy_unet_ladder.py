@@ -162,6 +162,21 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
                      "full-resolution level, where outlines are drawn, too narrow?"),
     "placed_batch128": (dict(batch=128), "v_label_one_object_placed_groups8",
                         "placed_groups8 at batch 128 instead of 64: is it the gradient noise?"),
+    "placed_gridded": (dict(pose="gridded"), "v_label_one_object_placed_groups8",
+                       "placed_groups8 with each centre rounded to the latent grid (multiples of 1/8 side, 3x3 "
+                       "places): is it the object's sub-cell offset (a 4x latent encodes a shape differently at "
+                       "each offset) that the random place costs, rather than the place itself?"),
+    "placed_16x16": (dict(vae=dict(channels=(32, 64), latent_channels=4, kl=1e-6, noise=0.0),
+                          channels=(32, 64, 64, 64), attn_levels=(1, 2)), "placed_minsnr5",
+                     "placed_minsnr5 on a x2 VAE's 16x16x4 latent (same 1,024 numbers; U-Net one level deeper): "
+                     "is it the 4x latent's coarse cells, in which a shape's code depends on its sub-cell offset?"),
+    "placed_flat": (dict(channels=(64,), attn_levels=(0,), layers_per_block=2), "placed_minsnr5",
+                    "placed_minsnr5 with a U-Net that never downsamples (one 64-channel level at 8x8: 2 res-blocks "
+                    "down, the attending mid block, 3 up; every block attends): is it the stride-2 levels, which "
+                    "break translation equivariance, that keep a shape learnt at one place from another?"),
+    "placed_minsnr1": (dict(min_snr=1.0), "placed_minsnr5",
+                       "placed_minsnr5 with gamma 1 instead of 5: does more of the loss on the mid-noise steps "
+                       "(weight peaking at SNR 1) help further?"),
     "v_label_one_object_sized_groups8": (dict(pose="sized"), "v_label_one_object_upright_groups8",
                                          "upright at the centre but a random size: is the rest of the centred "
                                          "world's lead the size?"),
