@@ -109,6 +109,11 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "v_clip_attr_groups8": (dict(norm_groups=8), "v_clip_attr",
                             "v_clip_attr with GroupNorm 8 groups: the candidate default recipe (v prediction, a norm "
                             "that keeps the conditioning, loud place words) on the default world with captions"),
+    "v_clip_attr_flat": (dict(channels=(64,), attn_levels=(0,), layers_per_block=2), "v_clip_attr_groups8",
+                         "v_clip_attr_groups8 with placed_flat's U-Net that never downsamples: does the cure of the "
+                         "one-object world carry to the default world with captions?"),
+    "v_clip_attr_flat_minsnr5": (dict(min_snr=5.0), "v_clip_attr_flat",
+                                 "v_clip_attr_flat with Min-SNR-5 loss weighting: the candidate default recipe"),
     "v_attn_all": (dict(attn_levels=(0, 1, 2)), "v_pred", "v_pred with attention on every level"),
     "v_deeper": (dict(layers_per_block=2), "v_pred", "v_pred with two res-blocks per level"),
     "v_ema": (dict(ema=0.999), "v_pred",
