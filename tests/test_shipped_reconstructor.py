@@ -84,3 +84,32 @@ def test_shipped_minddiffuser_decodes_as_its_card_says():
     out = optimise_latents(pipe, data["maps"][:2], iterations=2, num_inference_steps=6,
                            generator=[torch.Generator().manual_seed(i) for i in range(2)], progress=False)
     assert (out.losses[-1] < out.losses[0]).all()
+
+
+def test_shipped_cad_reads_the_scans_as_its_card_says():
+    """``brainrecon/weights/cad_toy``: small, subj01's FRL encoder and phase-3 head; on the default world's
+    held-out scans its denoising error with each scan's own condition is what its metrics.json
+    (data_cards/cad_toy.md) reports, and lower than with another scan's."""
+    import json
+
+    from brainrecon.backbones import load_backbone
+    from brainrecon.data.toyworld import ToyWorldConfig, make_toyworld
+    from brainrecon.sampling import SHIPPED_RECONSTRUCTORS, load_reconstructor
+    from brainrecon.training.cache import cache_stage_data, make_stage_dataset
+    from brainrecon.training.cad_ldm import score_cad_denoiser
+
+    folder = SHIPPED_RECONSTRUCTORS["cad"]
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 25e6
+    pipe, bb = load_reconstructor(method="cad"), load_backbone("toy")
+    assert pipe.info["method"] == "cad" and pipe.conditioner.subject == "subj01"
+    recorded = json.loads((folder / "metrics.json").read_text())["ldm"]
+    world = make_toyworld(ToyWorldConfig(), progress=False)
+    test = cache_stage_data(make_stage_dataset(world, ["subj01"], "test", 0, None, representation="voxels"), bb,
+                            progress=False)
+    n = recorded["n_rows"]
+    rows = test.rows("subj01")[:n]
+    m = score_cad_denoiser(pipe.conditioner.float(), bb.unet, bb.scheduler, test.voxels["subj01"][:n].float(),
+                           test.latents[rows].float(), test.text(rows).float(), test.empty_text)
+    assert m["noise_mse"] == pytest.approx(recorded["noise_mse"], rel=0.01)          # fp16 storage, same figure
+    assert m["noise_mse"] < m["noise_mse_shuffled_scan"] and m["noise_mse"] < m["noise_mse_no_brain"]

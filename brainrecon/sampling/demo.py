@@ -247,17 +247,24 @@ def _world_and_subject(info, world, world_preset, subject):
 _ONE_SUBJECT = ("neuraldiffuser", "minddiffuser", "cad")
 
 
-def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, alphas, n_show, n_swap, seed,
-                  world, progress) -> dict:
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    bar = tqdm(total=5, desc="demo", disable=not progress)
+def _start_report(reconstructor, world, total: int, progress: bool) -> tuple:
+    """Every report's first two steps: a progress bar of ``total`` steps, the loaded reconstructor, the built
+    world (``(bar, pipe, world)``)."""
+    bar = tqdm(total=total, desc="demo", disable=not progress)
     bar.set_postfix_str("loading the reconstructor")
     pipe = load_reconstructor(reconstructor)
     bar.update()
     bar.set_postfix_str("building the toy world")
     if isinstance(world, ToyWorldConfig):
         world = make_toyworld(world, progress=progress)
+    return bar, pipe, world
+
+
+def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, alphas, n_show, n_swap, seed,
+                  world, progress) -> dict:
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    bar, pipe, world = _start_report(reconstructor, world, 5, progress)
     bar.update()
     bar.set_postfix_str(f"scoring {n_test} test scans of {subject}")
     res = evaluate_reconstructor(pipe, world, subject, n_test=n_test, seed=seed,
@@ -301,13 +308,8 @@ def _write_neuraldiffuser_report(out_dir, reconstructor, subject, n_test, num_in
                                  strength, seed, world, progress) -> dict:
     t0 = time.perf_counter()
     out = Path(out_dir)
-    bar = tqdm(total=5, desc="demo", disable=not progress)
-    bar.set_postfix_str("loading the reconstructor")
-    pipe = load_reconstructor(reconstructor)     # its backbone attached: guidance and retrieval read it
-    bar.update()
-    bar.set_postfix_str("building the toy world")
-    if isinstance(world, ToyWorldConfig):
-        world = make_toyworld(world, progress=progress)
+    # the backbone is attached: guidance and retrieval read it
+    bar, pipe, world = _start_report(reconstructor, world, 5, progress)
     data = make_test_maps(pipe, world, subject, n_test)
     targets = data["targets"]
     steps = int(num_inference_steps or pipe.config.default_num_inference_steps)
@@ -352,13 +354,8 @@ def _write_minddiffuser_report(out_dir, reconstructor, subject, n_test, num_infe
                                world, progress) -> dict:
     t0 = time.perf_counter()
     out = Path(out_dir)
-    bar = tqdm(total=4, desc="demo", disable=not progress)
-    bar.set_postfix_str("loading the reconstructor")
-    pipe = load_reconstructor(reconstructor)     # its backbone attached: stage 2 reads D and the image encoder
-    bar.update()
-    bar.set_postfix_str("building the toy world")
-    if isinstance(world, ToyWorldConfig):
-        world = make_toyworld(world, progress=progress)
+    # the backbone is attached: stage 2 reads D and the image encoder
+    bar, pipe, world = _start_report(reconstructor, world, 4, progress)
     data = make_test_maps(pipe, world, subject, n_test)
     targets = data["targets"]
     steps = int(num_inference_steps or pipe.config.default_num_inference_steps)
@@ -397,13 +394,7 @@ def _write_minddiffuser_report(out_dir, reconstructor, subject, n_test, num_infe
 def _write_cad_report(out_dir, reconstructor, subject, n_test, num_inference_steps, seed, world, progress) -> dict:
     t0 = time.perf_counter()
     out = Path(out_dir)
-    bar = tqdm(total=4, desc="demo", disable=not progress)
-    bar.set_postfix_str("loading the reconstructor")
-    pipe = load_reconstructor(reconstructor)
-    bar.update()
-    bar.set_postfix_str("building the toy world")
-    if isinstance(world, ToyWorldConfig):
-        world = make_toyworld(world, progress=progress)
+    bar, pipe, world = _start_report(reconstructor, world, 4, progress)
     data = make_test_maps(pipe, world, subject, n_test)
     targets = data["targets"]
     steps = int(num_inference_steps or pipe.config.default_num_inference_steps)
