@@ -89,7 +89,7 @@ def test_shipped_minddiffuser_decodes_as_its_card_says():
 def test_shipped_cad_reads_the_scans_as_its_card_says():
     """``brainrecon/weights/cad_toy``: small, subj01's FRL encoder and phase-3 head; on the default world's
     held-out scans its denoising error with each scan's own condition is what its metrics.json
-    (data_cards/cad_toy.md) reports, and lower than with another scan's."""
+    (data_cards/cad_toy.md) reports, and lower than with another scan's: the condition reads the scan."""
     import json
 
     from brainrecon.backbones import load_backbone
@@ -112,4 +112,5 @@ def test_shipped_cad_reads_the_scans_as_its_card_says():
     m = score_cad_denoiser(pipe.conditioner.float(), bb.unet, bb.scheduler, test.voxels["subj01"][:n].float(),
                            test.latents[rows].float(), test.text(rows).float(), test.empty_text)
     assert m["noise_mse"] == pytest.approx(recorded["noise_mse"], rel=0.01)          # fp16 storage, same figure
-    assert m["noise_mse"] < m["noise_mse_shuffled_scan"] and m["noise_mse"] < m["noise_mse_no_brain"]
+    assert m["noise_mse"] < 0.97 * m["noise_mse_shuffled_scan"]        # shipped: 6 % below another scan's
+    # (but not below the untouched U-Net with the empty caption: the card's open problem)
