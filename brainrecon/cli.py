@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
             See data_cards/cad_toy.md."""))
     t.add_argument("--out", default="runs/cad_toy", help="output folder (default: %(default)s)")
     t.add_argument("--preset", choices=("default", "smoke"), default="default",
-                   help="'default': the toy recipe (about 25 min on one CPU thread); 'smoke': seconds")
+                   help="'default': the toy recipe (about 40 min on one CPU thread); 'smoke': seconds")
     t.add_argument("--subject", default="subj01")
     t.add_argument("--no-contrast", dest="contrast", action="store_false",
                    help="phase 1 as a plain MAE (cross_weight = self_weight = 0): the ablation")

@@ -21,12 +21,12 @@
 # cross-attention, and their mean added to the time embedding — training the encoder and the U-Net's
 # cross-attention heads on the denoising loss (Eq. 9), the rest of the LDM frozen. The paper's claim
 # (Tab. 2): each phase raises the n-way accuracy of the generated images.
-# Default: the run's folder `RUN` (none: `PRESET = "smoke"` trains one here in about a minute;
-# `"default"` is the benchmark's size, about 25 minutes on one core).
+# Default: the shipped toy model (`brainrecon/weights/cad_toy`); `PRESET = "smoke"` trains one here first in about
+# a minute (`"default"`: the shipped model's recipe, about 40 minutes on one core).
 
 # %% tags=["parameters"]
-RUN = None                # a train_cad output folder; None: train one with PRESET into OUTPUT_DIR/run
-PRESET = "smoke"          # "smoke" / "default": the CADConfig preset trained when RUN is None
+RECONSTRUCTOR = None      # a reconstructor folder; None: the shipped one (or the run below when PRESET is set)
+PRESET = None             # None: no training; "smoke" / "default": train_cad into OUTPUT_DIR/run first
 N_TEST = 12               # held-out scans reconstructed
 NUM_INFERENCE_STEPS = 25
 N_SHOW = 6
@@ -45,16 +45,18 @@ from brainrecon.io import read_json, write_json
 from brainrecon.metrics import plot_reconstruction_grid
 from brainrecon.plotting import save_figure
 from brainrecon.sampling import load_reconstructor, make_demo_world, make_test_maps
+from brainrecon.sampling.demo import run_record
 from brainrecon.sampling import reconstruct, score_reconstructions
 from brainrecon.training.cad import CADConfig
 from brainrecon.training.cad_ldm import train_cad
 
 torch.set_num_threads(THREADS)
 out = Path(OUTPUT_DIR)
-if RUN is None:
-    RUN = train_cad(getattr(CADConfig, PRESET)(output_dir=str(out / "run"), threads=THREADS))   # resumes when rerun
-run = read_json(Path(RUN) / "metrics.json", "Train the run again (RUN=None).")
-pipe = load_reconstructor(Path(RUN) / "reconstructor")
+if PRESET is not None:
+    fit = getattr(CADConfig, PRESET)(output_dir=str(out / "run"), threads=THREADS)
+    RECONSTRUCTOR = str(train_cad(fit) / "reconstructor")               # resumes when rerun
+pipe = load_reconstructor(RECONSTRUCTOR, method="cad")
+run = read_json(run_record(pipe.info, "metrics.json"), "Train the run again (PRESET).")
 world = make_demo_world(pipe)
 subject = pipe.info.get("subject", "subj01")
 test = make_test_maps(pipe, world, subject, n_test=N_TEST)
@@ -98,4 +100,5 @@ fig
 write_json(out / "metrics.json", {
     "frl": {k: run.get(k) for k in ("phase1", "phase2")}, "ldm": run["ldm"], "reconstructions": scores,
     "n_test": int(len(images)), "subject": subject, "num_inference_steps": NUM_INFERENCE_STEPS,
-    "guidance_scale": pipe.config.default_guidance_scale, "run": str(RUN), "figures": ["reconstructions.png"]})
+    "guidance_scale": pipe.config.default_guidance_scale, "reconstructor": pipe.info.get("path"),
+    "figures": ["reconstructions.png"]})

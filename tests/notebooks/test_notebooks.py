@@ -278,7 +278,7 @@ def test_11_contrast_attend_diffuse(tmp_path):
     rows = m["reconstructions"]
     assert set(rows) == {"reconstruction", "shuffled_scan", "mean_image"} and m["n_test"] == 4
     assert all({"pixcorr", "ssim", "nway", "category", "position_error"} <= set(r) for r in rows.values())
-    assert rows["reconstruction"] != rows["shuffled_scan"] and m["guidance_scale"] == 1.0
-    assert m["run"].endswith("run")
+    assert rows["reconstruction"] != rows["shuffled_scan"] and m["guidance_scale"] == 1.0   # smoke: no dropped conditions
+    assert m["reconstructor"].endswith("run/reconstructor")
     for fig in m["figures"]:
         assert (tmp_path / "11_contrast_attend_diffuse" / fig).stat().st_size > 5000
