@@ -11,7 +11,7 @@ from seed ``i``, 25 DDIM steps, the reconstructor's guidance) and scores them wi
 feature set: n-way top-1 is 10-way, the toy judge's categories) and the toy judge (category, colour, position
 error). The full model's reconstructions are also scored against shuffled targets (the shuffled-scan
 baseline) and the training-mean image. Writes ``benchmarks/results/cad_ablation.json`` (rows already there
-are kept unless rerun) and ``cad_ablation.png`` (targets and each row's reconstructions).
+are kept unless rerun) and ``cad_ablation_<row>.png`` (targets and the row's first reconstructions).
 """
 from __future__ import annotations
 
@@ -79,9 +79,9 @@ def main(argv=None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1, default=float) + "\n")
     k = min(8, len(data["targets"]))
-    fig = plot_reconstruction_grid({LABELS[n]: v[:k] for n, v in images.items()}, data["targets"][:k], n=k,
-                                   titles=data["captions"][:k])
-    save_figure(fig, out.with_suffix(".png"))
+    for name, v in images.items():                    # one figure per row, so rows run apart keep theirs
+        fig = plot_reconstruction_grid({LABELS[name]: v[:k]}, data["targets"][:k], n=k, titles=data["captions"][:k])
+        save_figure(fig, out.with_name(f"{out.stem}_{name}.png"))
     return res
 
 
