@@ -37,7 +37,7 @@ from diffusers import DDIMScheduler
 from .errors import InvalidInputError
 
 __all__ = ["denoise_latents", "prepare_scheduler", "combine_guidance", "img2img_timesteps",
-           "predict_original_sample"]
+           "predict_original_sample", "denoising_target"]
 
 
 def prepare_scheduler(scheduler, num_inference_steps: int, device=None):
@@ -68,6 +68,25 @@ def img2img_timesteps(scheduler, num_inference_steps: int, strength: float) -> t
                                 f"step; raise either so that strength x steps >= 0.5.")
     order = int(getattr(scheduler, "order", 1))
     return scheduler.timesteps[(num_inference_steps - keep) * order:]
+
+
+def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+    """What a denoiser trained for ``scheduler`` regresses: ``noise`` (ε) or the velocity (v).
+
+    ``v = √ᾱ_t ε − √(1−ᾱ_t) x_0`` (Salimans & Ho 2022; SD 2.1-768's target); the training losses of
+    every method and backbone call this, so a scheduler's ``prediction_type`` decides their target.
+
+    Raises
+    ------
+    InvalidInputError
+        If the scheduler predicts neither ε nor v.
+    """
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise InvalidInputError(f"prediction_type {kind!r} is not supported for training (epsilon or v_prediction).")
 
 
 def predict_original_sample(scheduler, sample: torch.Tensor, model_output: torch.Tensor, timestep) -> torch.Tensor:

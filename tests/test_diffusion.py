@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from brainrecon.diffusion import (combine_guidance, denoise_latents, img2img_timesteps,
+from brainrecon.diffusion import (combine_guidance, denoise_latents, denoising_target, img2img_timesteps,
                                   predict_original_sample)
 from brainrecon.errors import InvalidInputError
 
@@ -140,3 +140,19 @@ def test_predict_original_sample_inverts_the_forward_process(kind):
     torch.testing.assert_close(predict_original_sample(s, xt, out, t), x0, atol=2e-4, rtol=1e-3)
     one = predict_original_sample(s, xt[:1], out[:1], int(t[0]))                 # a scalar timestep too
     torch.testing.assert_close(one, x0[:1], atol=2e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_denoising_target_is_what_predict_original_sample_inverts(kind):
+    s = DDPMScheduler(num_train_timesteps=1000, prediction_type=kind)
+    g = torch.Generator().manual_seed(5)
+    x0, eps = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 500, 990])
+    target = denoising_target(s, x0, eps, t)
+    torch.testing.assert_close(predict_original_sample(s, s.add_noise(x0, eps, t), target, t), x0,
+                               atol=2e-4, rtol=1e-3)
+
+
+def test_denoising_target_refuses_a_sample_predicting_scheduler():
+    with pytest.raises(InvalidInputError, match="prediction_type 'sample'"):
+        denoising_target(DDPMScheduler(prediction_type="sample"), torch.zeros(1), torch.zeros(1), torch.tensor([1]))

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..diffusion import denoising_target
 from ..errors import check_range
 from ..models.cad import CADModel
 from .cache import cache_stage_data, sample_indices
 from .cad import CADConfig, check_frl_config, run_frl
-from .neuropictor_scores import _velocity_or_noise
 from .run import RunContext, ship_reconstructor
 
 __all__ = ["CADDenoisingObjective", "train_cad", "score_cad_denoiser", "ship_cad"]
@@ -63,7 +63,7 @@ class CADDenoisingObjective(nn.Module):
         t = torch.randint(0, sched.config.num_train_timesteps, (len(latents),), generator=generator).to(latents.device)
         zt = sched.add_noise(latents, noise, t)
         pred = unet(zt, t, encoder_hidden_states=context, class_labels=time_term).sample
-        return F.mse_loss(pred.float(), _velocity_or_noise(sched, latents, noise, t).float())
+        return F.mse_loss(pred.float(), denoising_target(sched, latents, noise, t).float())
 
 
 @torch.no_grad()
@@ -86,7 +86,7 @@ def score_cad_denoiser(model: CADModel, unet, scheduler, voxels: torch.Tensor, l
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=g)
         zt = scheduler.add_noise(latents, noise, t)
-        target = _velocity_or_noise(scheduler, latents, noise, t).float()
+        target = denoising_target(scheduler, latents, noise, t).float()
         preds = {"own": adapted(zt, t, encoder_hidden_states=ctx, class_labels=tt).sample,
                  "shuffled": adapted(zt, t, encoder_hidden_states=ctx[perm], class_labels=tt[perm]).sample,
                  "empty": unet(zt, t, encoder_hidden_states=empty).sample,

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 
+from ..diffusion import denoising_target
 from . import cache as sd
 from .neuropictor_scores import score_denoiser
 
@@ -85,8 +86,7 @@ class DenoisingObjective(nn.Module):
             gone = torch.rand(len(sem), device=sem.device) < self.drop
             sem = torch.where(gone[:, None, None], self.empty_text.to(sem.dtype), sem)
         pred = self.model.predict_noise(unet, noisy, t, fmri_tokens=tokens, semantic_condition=sem)
-        kind = sched.config.prediction_type
-        target = noise if kind == "epsilon" else sched.get_velocity(latents, noise, t)
+        target = denoising_target(sched, latents, noise, t)
         per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
         dif = (per_sample * self.t_weight.to(per_sample.device)[t]).mean()   # Eq. 8 (weighted if set)
         sem_loss = F.mse_loss(txt.float(), text.float())                       # Eq. 3 (mean over elements)

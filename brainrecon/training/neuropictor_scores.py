@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..diffusion import denoising_target
+
 __all__ = ["score_encoder", "score_denoiser", "masked_map_scores"]
 
 
@@ -45,15 +47,6 @@ def score_encoder(encoder, maps: torch.Tensor, pixel_mask: torch.Tensor, train_m
     return {"n_maps": len(maps), "r": model["r"], "mse": model["mse"], "baseline_r": base["r"],
             "baseline_mse": base["mse"], "r2": 1.0 - model["mse"] / base["mse"],
             "baseline": "training mean map"}
-
-
-def _velocity_or_noise(scheduler, latents, noise, t):
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, t)
-    raise ValueError(f"prediction_type {kind!r} is not supported (epsilon or v_prediction).")
 
 
 @torch.no_grad()
@@ -112,7 +105,7 @@ def score_denoiser(model, unet, scheduler, data, mean_text: torch.Tensor, n: int
             noise = torch.randn(z0.shape, generator=g).to(dev)
             t = torch.randint(0, T, (len(z0),), generator=g).to(dev)
             zt = scheduler.add_noise(z0, noise, t)
-            target = _velocity_or_noise(scheduler, z0, noise, t)
+            target = denoising_target(scheduler, z0, noise, t)
             preds = {
                 "np": model.predict_noise(unet, zt, t, fmri_tokens=tokens, semantic_condition=sem),
                 "sem_only": model.predict_noise(unet, zt, t, fmri_tokens=tokens, semantic_condition=sem,

@@ -37,6 +37,7 @@ from ..backbones.toy import (ToyBackboneConfig, make_toy_image_encoder, make_toy
                   make_toy_tokenizer, make_toy_unet, make_toy_vae)
 from ..data.scenes import (CATEGORIES, COLOURS, PLACE_WORDS, caption_attributes, make_scenes, render_category_maps,
                            swap_caption_word)
+from ..diffusion import denoising_target
 from ..io import atomic_dir, write_json
 from ..metrics.backbones import evaluate_backbone
 from .loop import FitConfig, fit
@@ -371,7 +372,7 @@ def _train_unet(cfg, data, out: Path) -> dict:
         noise = torch.randn_like(z)
         t = torch.randint(0, ddpm.config.num_train_timesteps, (len(z),), device=z.device)
         pred = m(ddpm.add_noise(z, noise, t), t, encoder_hidden_states=ehs).sample
-        target = noise if cfg.prediction_type == "epsilon" else ddpm.get_velocity(z, noise, t)
+        target = denoising_target(ddpm, z, noise, t)
         return F.mse_loss(pred.float(), target)
 
     res = fit(unet, loss_fn, batches, _fit_config(cfg, cfg.unet_steps, cfg.unet_lr, "U-Net", 100),
