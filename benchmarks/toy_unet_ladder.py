@@ -179,6 +179,15 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
                     "placed_minsnr5 with a U-Net that never downsamples (one 64-channel level at 8x8: 2 res-blocks "
                     "down, the attending mid block, 3 up; every block attends): is it the stride-2 levels, which "
                     "break translation equivariance, that keep a shape learnt at one place from another?"),
+    "upright_flat": (dict(pose="upright"), "placed_flat",
+                     "placed_flat at random sizes too (upright, random place and size): does the U-Net that never "
+                     "downsamples also carry a shape across sizes?"),
+    "one_object_flat": (dict(pose="random"), "upright_flat",
+                        "upright_flat with random rotations too (one object, the default world's poses): is the "
+                        "rest of the default world's cost its several objects and captions?"),
+    "label_flat": (dict(max_objects=3), "one_object_flat",
+                   "one_object_flat on the default world (up to 3 objects, textured backgrounds), the main "
+                   "object's true category and colour through the time embedding: the objects, not the captions?"),
     "placed_minsnr1": (dict(min_snr=1.0), "placed_minsnr5",
                        "placed_minsnr5 with gamma 1 instead of 5: does more of the loss on the mid-noise steps "
                        "(weight peaking at SNR 1) help further?"),
@@ -475,7 +484,7 @@ def onehot(cat, col, place=None):
 # ----------------------------------------------------------------------------- one rung
 def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     from brainrecon.diffusion import denoise_latents
-    from brainrecon.training import FitConfig, fit
+    from brainrecon.training import FitConfig, fit, latest_checkpoint
     from brainrecon.metrics.backbones import attribute_accuracy
 
     f = rung_factors(name)
@@ -718,9 +727,24 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
                                   strict=False)             # checkpoints from before LabelContext.place
             cb(step, {})
         return finish()
+    # resumable (but for EMA rungs, whose average is not checkpointed): a rerun with a later --eval-at
+    # continues the same run from its newest checkpoint, exactly (constant lr), keeping the earlier rows
+    ckpt_dir = None if ema_model is not None else Path(args.work) / name / "fit"
+    resumed = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    if resumed is not None:
+        start = int(resumed.name.split("-")[1])
+        old = json.loads(Path(args.out).read_text())["rungs"].get(name, {}) if Path(args.out).is_file() else {}
+        curve.extend(r for r in old.get("curve", []) if r["step"] <= start)
+        done = curve[-1] if curve else {"step": 0, "train_wall_s": 0.0, "train_cpu_s": 0.0}
+        rate = [done[k] / max(1, done["step"]) for k in ("train_wall_s", "train_cpu_s")]
+        # earlier calls' training time: recorded up to the last scored row, estimated from its rate after it
+        t_fit[0] -= done["train_wall_s"] + rate[0] * (start - done["step"])
+        t_fit[1] -= done["train_cpu_s"] + rate[1] * (start - done["step"])
+        print(f"resuming {name} from step {start} ({len(curve)} earlier rows kept)", flush=True)
     cfg = FitConfig(max_steps=eval_at[-1], lr=f["lr"], warmup_steps=100, lr_schedule="constant", grad_clip=1.0,
-                    seed=0, progress=False, weight_decay=0.01, cpu=args.device == "cpu")
-    fit(model, loss_fn, batches, cfg, callbacks=[lambda s, l: hist.append(l), ema_update, cb])
+                    seed=0, progress=False, weight_decay=0.01, cpu=args.device == "cpu",
+                    checkpoint_every=0 if ckpt_dir is None else 500)
+    fit(model, loss_fn, batches, cfg, ckpt_dir, callbacks=[lambda s, l: hist.append(l), ema_update, cb])
     return finish()
 
 def save_grid(imgs, path: Path, name: str, step: int, guidance: float = 5.0):
@@ -793,7 +817,9 @@ def main(argv=None):
     p.add_argument("--table", nargs="*", metavar="JSON",
                    help="print the markdown table of these result files (default: every ladder JSON next to --out)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs (seconds)")
-    p.add_argument("--eval-at", type=int, nargs="+", default=[1000, 2000, 4000])
+    p.add_argument("--eval-at", type=int, nargs="+", default=None,
+                   help="steps at which to score (default 1000 2000 4000; --quick: 4 8). A later call with more "
+                        "steps resumes the rung from its newest checkpoint in --work and keeps the earlier rows")
     p.add_argument("--n-train", type=int, default=20_000)
     p.add_argument("--n-eval", type=int, default=200)
     p.add_argument("--heldout-seed", type=int, default=10_000,
@@ -825,8 +851,9 @@ def main(argv=None):
     if unknown:
         p.error(f"unknown rung(s) {unknown}; known: {sorted(RUNGS)}")
     if args.quick:
-        args.eval_at, args.n_train, args.n_eval = [4, 8], 256, 16
+        args.eval_at, args.n_train, args.n_eval = args.eval_at or [4, 8], 256, 16
         args.out = str(Path(args.work) / "quick.json")
+    args.eval_at = args.eval_at or [1000, 2000, 4000]
     torch.set_num_threads(args.threads)
     VAE_STEPS = tuple(args.vae_steps)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

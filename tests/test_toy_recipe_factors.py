@@ -108,6 +108,17 @@ def test_ladder_quick_mode_writes_every_column(tmp_path):
     table = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_unet_ladder.py"), "--table",
                             str(tmp_path / "quick.json")], capture_output=True, text=True, timeout=120).stdout
     assert "| v_pred |" in table and "| base |" in table
+    # a later call with more steps resumes the rung from its checkpoint and keeps the earlier rows
+    more = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_unet_ladder.py"), "--quick", "--rungs",
+                           "v_pred", "--eval-at", "4", "8", "12", "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "resuming v_pred from step 8 (2 earlier rows kept)" in more.stdout
+    again = json.loads((tmp_path / "quick.json").read_text())["rungs"]
+    assert [r["step"] for r in again["v_pred"]["curve"]] == [4, 8, 12]
+    assert again["v_pred"]["curve"][1] == res["v_pred"]["curve"][1]
+    assert again["v_pred"]["curve"][2]["train_cpu_s"] > res["v_pred"]["curve"][1]["train_cpu_s"]
+    assert again["base"] == res["base"]
 
 
 def test_text_probe_quick_reads_the_shipped_encoders_contexts():
