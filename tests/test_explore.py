@@ -90,3 +90,16 @@ def test_evaluate_reconstructor_figures(env):
     assert {"condition", "control_scale", "guidance_scale", "metric", "value", "ci_low", "ci_high", "n"} <= set(t)
     assert set(t.condition) == {"alpha=0", "alpha=1", "guidance=0", "guidance=5", "swap"}
     assert res["images"]["swap"].shape == (6, 3, 32, 32)
+
+
+def test_the_mean_image_is_the_8_bit_average_of_either_image_layout():
+    from brainrecon.sampling import make_mean_image
+    hwc = np.zeros((2, 4, 4, 3), np.uint8)
+    hwc[0] = 255                                                   # a white and a black image
+    hwc[1, 0, 0] = 51
+    mean = make_mean_image(hwc)
+    assert mean.shape == (3, 4, 4)
+    torch.testing.assert_close(mean[:, 1, 1], torch.full((3,), 128 / 255))      # 127.5 rounds to 128
+    torch.testing.assert_close(mean[:, 0, 0], torch.full((3,), 153 / 255))
+    chw = torch.as_tensor(hwc).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(make_mean_image(chw), mean)

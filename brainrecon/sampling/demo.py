@@ -25,8 +25,8 @@ from ..io import atomic_file, check_output_dir, read_json, write_json
 from ..metrics import plot_reconstruction_grid, save_results
 from ..plotting import save_figure
 from .explore import (KAPPA_ETA_METRICS, evaluate_reconstructor, evaluate_retrieval, feature_guidance_label,
-                      make_test_maps, plot_control_sweep, plot_kappa_eta, plot_swap_grid, reconstruct,
-                      score_reconstructions, score_trivial_baselines, swap_grid, sweep_control_scale,
+                      make_mean_image, make_test_maps, plot_control_sweep, plot_kappa_eta, plot_swap_grid,
+                      reconstruct, score_reconstructions, score_trivial_baselines, swap_grid, sweep_control_scale,
                       sweep_feature_guidance)
 from .folders import SHIPPED_RECONSTRUCTORS, reconstructor_info
 from .pipeline import load_reconstructor
@@ -260,6 +260,20 @@ def _start_report(reconstructor, world, total: int, progress: bool) -> tuple:
     return bar, pipe, world
 
 
+def _test_data(pipe, world, subject: str, n_test: int, num_inference_steps) -> tuple:
+    """The test scans, their images, the sampling steps and the subject's training images
+    (``(data, targets, steps, train)``), as every method's report starts from them."""
+    data = make_test_maps(pipe, world, subject, n_test)
+    steps = int(num_inference_steps or pipe.config.default_num_inference_steps)
+    train = world.scenes.images[np.asarray(world.subjects[subject].train_images)]
+    return data, data["targets"], steps, train
+
+
+def _save_figures(out: Path, figures: dict) -> None:
+    for name, fig in figures.items():
+        save_figure(fig, out / name)
+
+
 def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, alphas, n_show, n_swap, seed,
                   world, progress) -> dict:
     t0 = time.perf_counter()
@@ -288,8 +302,7 @@ def _write_report(out_dir, reconstructor, subject, n_test, num_inference_steps, 
         "alpha_sweep.png": plot_control_sweep(sweep, data["targets"][:k]),
         "swap_grid.png": plot_swap_grid(grid, data["targets"][a_idx], data["targets"][b_idx]),
     }
-    for name, fig in figures.items():
-        save_figure(fig, out / name)
+    _save_figures(out, figures)
     alpha1 = imgs[f"alpha={1.0:g}"] if f"alpha={1.0:g}" in imgs else next(iter(imgs.values()))
     save_results(out / "results", alpha1, data["targets"], method="neuropictor", world="toy", subject=subject,
                  image_ids=data["image_keys"], toyworld=world.config, attributes=data["attributes"])
@@ -310,9 +323,7 @@ def _write_neuraldiffuser_report(out_dir, reconstructor, subject, n_test, num_in
     out = Path(out_dir)
     # the backbone is attached: guidance and retrieval read it
     bar, pipe, world = _start_report(reconstructor, world, 5, progress)
-    data = make_test_maps(pipe, world, subject, n_test)
-    targets = data["targets"]
-    steps = int(num_inference_steps or pipe.config.default_num_inference_steps)
+    data, targets, steps, train = _test_data(pipe, world, subject, n_test, num_inference_steps)
     bar.update()
     bar.set_postfix_str(f"κ × η on {len(targets)} test scans of {subject}")
     sweep = sweep_feature_guidance(pipe, data["maps"], targets, kappas=kappas, etas=etas, strength=strength,
@@ -321,7 +332,6 @@ def _write_neuraldiffuser_report(out_dir, reconstructor, subject, n_test, num_in
     bar.set_postfix_str("baselines and retrieval")
     shown = (float(kappas[-1]), float(etas[0]))            # the paper's setting: the largest κ at η = etas[0]
     chosen = sweep["images"][shown]
-    train = world.scenes.images[np.asarray(world.subjects[subject].train_images)]
     baselines = score_trivial_baselines(chosen, targets, train, metrics=KAPPA_ETA_METRICS)
     retrieval = evaluate_retrieval(pipe, data)
     retrieval.pop("table")
@@ -332,8 +342,7 @@ def _write_neuraldiffuser_report(out_dir, reconstructor, subject, n_test, num_in
     rows["training mean image"] = baselines.pop("mean_image_pixels")[None].expand(k, -1, -1, -1)
     figures = {"reconstructions.png": plot_reconstruction_grid(rows, targets[:k], n=k),
                "kappa_eta.png": plot_kappa_eta(sweep["rows"], baselines)}
-    for name, fig in figures.items():
-        save_figure(fig, out / name)
+    _save_figures(out, figures)
     save_results(out / "results", chosen, targets, method="neuraldiffuser", world="toy", subject=subject,
                  image_ids=data["image_keys"], toyworld=world.config, attributes=data["attributes"],
                  extra={"feature_guidance_scale": shown[0], "feature_guidance_strength": shown[1],
@@ -356,10 +365,7 @@ def _write_minddiffuser_report(out_dir, reconstructor, subject, n_test, num_infe
     out = Path(out_dir)
     # the backbone is attached: stage 2 reads D and the image encoder
     bar, pipe, world = _start_report(reconstructor, world, 4, progress)
-    data = make_test_maps(pipe, world, subject, n_test)
-    targets = data["targets"]
-    steps = int(num_inference_steps or pipe.config.default_num_inference_steps)
-    train = world.scenes.images[np.asarray(world.subjects[subject].train_images)]
+    data, targets, steps, train = _test_data(pipe, world, subject, n_test, num_inference_steps)
     judge = pipe.conditioner._backbone[0].attribute_classifier
     bar.update()
     bar.set_postfix_str(f"stages 1 and 2 ({iterations} iterations) on {len(targets)} test scans of {subject}")
@@ -372,8 +378,7 @@ def _write_minddiffuser_report(out_dir, reconstructor, subject, n_test, num_infe
     rows["training mean image"] = res["mean_image_pixels"][None].expand(k, -1, -1, -1)
     figures = {"reconstructions.png": plot_reconstruction_grid(rows, targets[:k], n=k, titles=data["captions"][:k]),
                "stage_losses.png": plot_stage_losses(res["losses"])}
-    for name, fig in figures.items():
-        save_figure(fig, out / name)
+    _save_figures(out, figures)
     save_results(out / "results", res["images"]["stage 2"], targets, method="minddiffuser", world="toy",
                  subject=subject, image_ids=data["image_keys"], toyworld=world.config, attributes=data["attributes"],
                  extra={"iterations": int(iterations), "lr": float(lr), "num_inference_steps": steps})
@@ -395,10 +400,7 @@ def _write_cad_report(out_dir, reconstructor, subject, n_test, num_inference_ste
     t0 = time.perf_counter()
     out = Path(out_dir)
     bar, pipe, world = _start_report(reconstructor, world, 4, progress)
-    data = make_test_maps(pipe, world, subject, n_test)
-    targets = data["targets"]
-    steps = int(num_inference_steps or pipe.config.default_num_inference_steps)
-    train = world.scenes.images[np.asarray(world.subjects[subject].train_images)]
+    data, targets, steps, train = _test_data(pipe, world, subject, n_test, num_inference_steps)
     bar.update()
     bar.set_postfix_str(f"reconstructing {len(targets)} test scans of {subject}")
     images = reconstruct(pipe, data, seed=seed, num_inference_steps=steps, progress=False)["images"]
@@ -406,11 +408,10 @@ def _write_cad_report(out_dir, reconstructor, subject, n_test, num_inference_ste
     bar.update()
     bar.set_postfix_str("writing figures")
     k = min(8, len(targets))
-    mean = score_trivial_baselines(images, targets, train, metrics=("pixcorr",))["mean_image_pixels"]
+    mean = make_mean_image(train)
     rows = {"CAD": images[:k], "training mean image": mean[None].expand(k, -1, -1, -1)}
     figures = {"reconstructions.png": plot_reconstruction_grid(rows, targets[:k], n=k, titles=data["captions"][:k])}
-    for name, fig in figures.items():
-        save_figure(fig, out / name)
+    _save_figures(out, figures)
     save_results(out / "results", images, targets, method="cad", world="toy", subject=subject,
                  image_ids=data["image_keys"], toyworld=world.config, attributes=data["attributes"],
                  extra={"num_inference_steps": steps, "guidance_scale": float(pipe.config.default_guidance_scale)})

@@ -31,7 +31,7 @@ from ..metrics import (METRIC_INFO, as_tensor, as_uint8, attribute_scores_per_im
 
 __all__ = ["make_test_maps", "reconstruct", "sweep_control_scale", "plot_control_sweep", "swap_grid",
            "plot_swap_grid", "evaluate_reconstructor", "evaluate_retrieval", "sweep_feature_guidance",
-           "score_trivial_baselines", "score_images", "score_reconstructions", "plot_kappa_eta",
+           "score_trivial_baselines", "make_mean_image", "score_images", "score_reconstructions", "plot_kappa_eta",
            "feature_guidance_label", "KAPPA_ETA_METRICS", "STANDARD_METRICS"]
 
 #: What a κ × η sweep scores by default (NeuralDiffuser Tab. 2's low-level and high-level columns).
@@ -274,6 +274,22 @@ def score_reconstructions(images, data, train_images, judge=None, metrics=STANDA
             "mean_image": score_images(mean, data, judge, metrics)}
 
 
+def make_mean_image(train_images) -> torch.Tensor:
+    """The mean of the training images, ``(3, S, S)`` in [0, 1] and quantised to 8 bits like any image.
+
+    What a decoder that ignores the brain converges to, and the ``mean_image`` baseline of
+    :func:`score_trivial_baselines`.
+
+    Parameters
+    ----------
+    train_images : array ``(M, S, S, 3)`` uint8 or ``(M, 3, S, S)`` in [0, 1]
+    """
+    train = torch.as_tensor(np.asarray(train_images))
+    if train.ndim == 4 and train.shape[-1] == 3:                 # NHWC uint8 (scenes.images)
+        train = train.permute(0, 3, 1, 2).float() / 255.0
+    return as_tensor(as_uint8(train.float().mean(0, keepdim=True)))[0]
+
+
 def score_trivial_baselines(images, targets, train_images, metrics=KAPPA_ETA_METRICS, feature_set="toy") -> dict:
     """The trivial baselines a reconstruction must beat, scored by the same metrics.
 
@@ -297,10 +313,7 @@ def score_trivial_baselines(images, targets, train_images, metrics=KAPPA_ETA_MET
         ``mean_image`` and ``shuffled_scan`` (``{metric: value}``), and ``mean_image_pixels``
         ``(3, S, S)`` (the mean image itself, for figures).
     """
-    train = torch.as_tensor(np.asarray(train_images))
-    if train.ndim == 4 and train.shape[-1] == 3:                 # NHWC uint8 (scenes.images)
-        train = train.permute(0, 3, 1, 2).float() / 255.0
-    mean = as_tensor(as_uint8(train.float().mean(0, keepdim=True)))[0]
+    mean = make_mean_image(train_images)
     targets = torch.as_tensor(targets).float()
     n = len(targets)
     if len(images) != n or n < 2:
