@@ -37,7 +37,7 @@ from diffusers import DDIMScheduler
 from .errors import InvalidInputError
 
 __all__ = ["denoise_latents", "prepare_scheduler", "combine_guidance", "img2img_timesteps",
-           "predict_original_sample", "denoising_target"]
+           "predict_original_sample", "denoising_target", "min_snr_weight"]
 
 
 def prepare_scheduler(scheduler, num_inference_steps: int, device=None):
@@ -87,6 +87,21 @@ def denoising_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, time
     if kind == "v_prediction":
         return scheduler.get_velocity(latents, noise, timesteps)
     raise InvalidInputError(f"prediction_type {kind!r} is not supported for training (epsilon or v_prediction).")
+
+
+def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023) of ``timesteps``, for the scheduler's target.
+
+    ``min(SNR_t, γ) / SNR_t`` for ε and ``min(SNR_t, γ) / (SNR_t + 1)`` for v, with
+    ``SNR_t = ᾱ_t / (1 − ᾱ_t)``: both weight the implied x0 error by ``min(SNR_t, γ)``, so the
+    nearly clean steps stop dominating the loss.
+    """
+    ab = scheduler.alphas_cumprod.to(timesteps.device)[timesteps.long()].float()
+    snr = ab / (1 - ab).clamp(min=1e-12)
+    kind = scheduler.config.prediction_type
+    if kind not in ("epsilon", "v_prediction"):
+        raise InvalidInputError(f"prediction_type {kind!r} is not supported for training (epsilon or v_prediction).")
+    return snr.clamp(max=float(gamma)) / (snr.clamp(min=1e-12) if kind == "epsilon" else snr + 1)
 
 
 def predict_original_sample(scheduler, sample: torch.Tensor, model_output: torch.Tensor, timestep) -> torch.Tensor:

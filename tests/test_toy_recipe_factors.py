@@ -38,6 +38,31 @@ def test_unet_norm_groups_is_configurable():
     assert make_toy_unet(8, 4, (32, 64), 16).config.norm_num_groups == 32
 
 
+def test_a_one_width_unet_never_downsamples_and_attends():
+    u = make_toy_unet(8, 4, (16,), 16, norm_groups=4, layers_per_block=2)
+    assert all(b.downsamplers is None for b in u.down_blocks) and all(b.upsamplers is None for b in u.up_blocks)
+    assert len(u.down_blocks[0].attentions) == 2 and len(u.up_blocks[0].attentions) == 3
+    x = torch.randn(2, 4, 8, 8)
+    out = u(x, torch.tensor([10, 900]), encoder_hidden_states=torch.randn(2, 5, 16)).sample
+    assert out.shape == x.shape
+
+
+def test_min_snr_weights_follow_hang_et_al():
+    from brainrecon.diffusion import min_snr_weight
+
+    t = torch.tensor([0, 300, 600, 999])
+    for kind in ("epsilon", "v_prediction"):
+        s = make_toy_scheduler(kind)
+        ab = s.alphas_cumprod[t].float()
+        snr = ab / (1 - ab)
+        want = torch.minimum(snr, torch.tensor(5.0)) / (snr if kind == "epsilon" else snr + 1)
+        torch.testing.assert_close(min_snr_weight(s, t, 5.0), want)
+    v0 = make_toy_scheduler("v_prediction", zero_terminal_snr=True)
+    w = min_snr_weight(v0, t, 5.0)
+    assert torch.isfinite(w).all() and float(w[-1]) == 0.0 and float(w[0]) == pytest.approx(5 / (float(
+        v0.alphas_cumprod[0] / (1 - v0.alphas_cumprod[0])) + 1))
+
+
 def test_second_judge_architecture_differs_and_is_refused_when_unknown():
     a = AttributeClassifier(image_size=16, channels=(8, 8, 8))
     b = AttributeClassifier(image_size=16, channels=(8, 8, 8), downsample="maxpool")
@@ -51,8 +76,12 @@ def test_second_judge_architecture_differs_and_is_refused_when_unknown():
 
 def test_quick_recipe_with_v_prediction_trains_and_ships_both_judges(tmp_path):
     cfg = ToyBackboneConfig.quick().replace(prediction_type="v_prediction", zero_terminal_snr=True,
-                                            vae_sample_posterior=True, vae_decoder_noise=0.5)
+                                            vae_sample_posterior=True, vae_decoder_noise=0.5,
+                                            unet_channels=(16,), unet_layers_per_block=2, unet_norm_groups=4,
+                                            unet_min_snr_gamma=5.0)
     out = train_toy_backbones(cfg, tmp_path / "v")
+    unet = json.loads((out / "unet" / "config.json").read_text())
+    assert unet["block_out_channels"] == [16] and unet["layers_per_block"] == 2
     sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
     assert sched["prediction_type"] == "v_prediction" and sched["rescale_betas_zero_snr"] is True
     rec = json.loads((out / "training_record.json").read_text())
@@ -75,6 +104,10 @@ def test_recipe_settings_are_refused_before_any_training():
         ToyBackboneConfig(zero_terminal_snr=True)
     with pytest.raises(InvalidInputError, match="prediction_type"):
         ToyBackboneConfig(prediction_type="x0")
+    with pytest.raises(InvalidInputError, match="unet_min_snr_gamma"):
+        ToyBackboneConfig(unet_min_snr_gamma=0)
+    with pytest.raises(InvalidInputError, match="unet_layers_per_block"):
+        ToyBackboneConfig(unet_layers_per_block=0)
 
 
 def test_noised_decoder_training_keeps_the_encoder(tmp_path):

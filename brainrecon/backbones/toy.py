@@ -115,13 +115,21 @@ class ToyBackboneConfig:
         so that latents near a training latent decode to the same scene (a generated latent is
         never exact). ``0``: exact means only.
     unet_channels : tuple of int
-        ``block_out_channels`` of the U-Net (the last level has no attention).
+        ``block_out_channels`` of the U-Net (the last level has no attention). One width, e.g.
+        ``(64,)``, makes a U-Net that never downsamples: one level at the latent's resolution,
+        with attention, which the diagnostic ladder found to carry a shape learnt at one place to
+        every other (``data_cards/toy_backbones.md``, § 10).
+    unet_layers_per_block : int
+        ResNet (and attention) blocks per level.
     unet_steps, unet_batch_size, unet_lr
         Latent-diffusion training.
     unet_norm_groups : int or None
         GroupNorm groups of the U-Net (``None``: the most of 32, 16, ... that divides every width).
     prediction_type : {"epsilon", "v_prediction"}
         What the U-Net is trained to predict (recorded in ``scheduler/``).
+    unet_min_snr_gamma : float or None
+        Min-SNR-γ loss weighting (Hang et al. 2023): each timestep's loss × ``min(SNR, γ) / SNR``
+        (ε) or ``/ (SNR + 1)`` (v). ``None``: unweighted.
     zero_terminal_snr : bool
         Train and sample on betas rescaled to zero terminal SNR (needs ``v_prediction``).
     cfg_dropout : float
@@ -180,7 +188,9 @@ class ToyBackboneConfig:
     unet_steps: int = 5000
     unet_batch_size: int = 64
     unet_lr: float = 1e-3
+    unet_layers_per_block: int = 1
     unet_norm_groups: int | None = None
+    unet_min_snr_gamma: float | None = None
     prediction_type: str = "epsilon"
     zero_terminal_snr: bool = False
     cfg_dropout: float = 0.1
@@ -201,6 +211,11 @@ class ToyBackboneConfig:
     def __post_init__(self):
         # refuse a recipe that would fail only after an hour of training the earlier parts
         _check_prediction(self.prediction_type, self.zero_terminal_snr)
+        if int(self.unet_layers_per_block) < 1 or len(tuple(self.unet_channels)) < 1:
+            raise InvalidInputError(f"unet_channels needs one width or more and unet_layers_per_block ≥ 1; got "
+                                    f"{self.unet_channels!r} and {self.unet_layers_per_block!r}.")
+        if self.unet_min_snr_gamma is not None and not float(self.unet_min_snr_gamma) > 0:
+            raise InvalidInputError(f"unet_min_snr_gamma must be > 0 (e.g. 5) or None; got {self.unet_min_snr_gamma!r}.")
         if int(self.judge_b_seed) in (int(self.seed), int(self.heldout_seed)):
             raise InvalidInputError(f"judge_b_seed={self.judge_b_seed} must differ from seed ({self.seed}) and "
                                     f"heldout_seed ({self.heldout_seed}): the second judge trains on scenes of its own.")
@@ -300,17 +315,22 @@ def make_toy_vae(image_size: int = 64, channels=(32, 64, 64), latent_channels: i
 
 
 def make_toy_unet(sample_size: int = 16, in_channels: int = 4, channels=(64, 96, 128),
-                  cross_attention_dim: int = 128, norm_groups: int | None = None):
+                  cross_attention_dim: int = 128, norm_groups: int | None = None, layers_per_block: int = 1):
     """Tiny text-conditioned ``UNet2DConditionModel``: cross-attention on every level but the last.
 
+    A single width (``channels=(64,)``) gives a U-Net that never downsamples — one attending level
+    at ``sample_size`` (diffusers' last level has no downsampler) around the attending mid block.
     ``norm_groups`` sets the GroupNorm groups (default: the most of 32, 16, ... dividing every width).
     """
     n = len(channels)
-    down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
-    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+    if n == 1:
+        down, up = ("CrossAttnDownBlock2D",), ("CrossAttnUpBlock2D",)
+    else:
+        down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
+        up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
     g = int(norm_groups) if norm_groups else _groups(channels)
     return UNet2DConditionModel(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
-                                layers_per_block=1, block_out_channels=tuple(channels),
+                                layers_per_block=int(layers_per_block), block_out_channels=tuple(channels),
                                 down_block_types=down, up_block_types=up,
                                 cross_attention_dim=int(cross_attention_dim),
                                 attention_head_dim=max(1, channels[0] // 16 * 2) if channels[0] >= 16 else 1,

@@ -37,7 +37,7 @@ from ..backbones.toy import (ToyBackboneConfig, make_toy_image_encoder, make_toy
                   make_toy_tokenizer, make_toy_unet, make_toy_vae)
 from ..data.scenes import (CATEGORIES, COLOURS, PLACE_WORDS, caption_attributes, make_scenes, render_category_maps,
                            swap_caption_word)
-from ..diffusion import denoising_target
+from ..diffusion import denoising_target, min_snr_weight
 from ..io import atomic_dir, write_json
 from ..metrics.backbones import evaluate_backbone
 from .loop import FitConfig, fit
@@ -352,7 +352,7 @@ def _train_unet(cfg, data, out: Path) -> dict:
     mean = _encode_all(vae, data["images"])
     sf = float(vae.config.scaling_factor)
     unet = make_toy_unet(mean.shape[-1], mean.shape[1], tuple(cfg.unet_channels), text.config.hidden_size,
-                         cfg.unet_norm_groups)
+                         cfg.unet_norm_groups, cfg.unet_layers_per_block)
     ddpm = DDPMScheduler.from_config(make_toy_scheduler(cfg.prediction_type, cfg.zero_terminal_snr).config)
     ids, empty = data["ids"], data["empty_ids"]
     pick = _sampler(len(mean), cfg.unet_batch_size, cfg.seed, 4)
@@ -373,7 +373,10 @@ def _train_unet(cfg, data, out: Path) -> dict:
         t = torch.randint(0, ddpm.config.num_train_timesteps, (len(z),), device=z.device)
         pred = m(ddpm.add_noise(z, noise, t), t, encoder_hidden_states=ehs).sample
         target = denoising_target(ddpm, z, noise, t)
-        return F.mse_loss(pred.float(), target)
+        if cfg.unet_min_snr_gamma is None:
+            return F.mse_loss(pred.float(), target)
+        w = min_snr_weight(ddpm, t, cfg.unet_min_snr_gamma)
+        return (w * (pred.float() - target.float()).pow(2).flatten(1).mean(1)).mean()
 
     res = fit(unet, loss_fn, batches, _fit_config(cfg, cfg.unet_steps, cfg.unet_lr, "U-Net", 100),
               out / "checkpoints" / "unet")
