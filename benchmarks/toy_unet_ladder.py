@@ -483,7 +483,7 @@ def onehot(cat, col, place=None):
 
 # ----------------------------------------------------------------------------- one rung
 def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
-    from brainrecon.diffusion import denoise_latents
+    from brainrecon.diffusion import denoise_latents, denoising_target, min_snr_weight
     from brainrecon.training import FitConfig, fit, latest_checkpoint
     from brainrecon.metrics.backbones import attribute_accuracy
 
@@ -544,7 +544,6 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     cat, col = data["category"].long(), data["colour"].long()
     pla, pla_te = place_index(data["bbox_frac"]), place_index(np.asarray(te.bbox, np.float32) / 32)
     rng_pick = lambda step: np.random.default_rng([0, 4, step]).integers(0, len(x0_all), f["batch"])
-    ac = train_s.alphas_cumprod
 
     def context(m, t_ids, c, k, pl=None):
         """(encoder_hidden_states, class_labels) of a batch; dropped rows carry the null condition."""
@@ -568,13 +567,9 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         noise = torch.randn_like(z)
         t = torch.randint(0, 1000, (len(z),), device=z.device)
         xt = train_s.add_noise(z, noise, t)
-        target = noise if f["prediction"] == "epsilon" else train_s.get_velocity(z, noise, t)
+        target = denoising_target(train_s, z, noise, t)
         pred = m["unet"](xt, t, encoder_hidden_states=ehs, class_labels=cl).sample
-        w = torch.ones(len(z), device=z.device)
-        if f["min_snr"]:
-            a_t = ac.to(z.device)[t]
-            snr = a_t / (1 - a_t)
-            w = torch.minimum(snr, torch.full_like(snr, f["min_snr"])) / (snr if f["prediction"] == "epsilon" else snr + 1)
+        w = min_snr_weight(train_s, t, f["min_snr"]) if f["min_snr"] else torch.ones(len(z), device=z.device)
         return (w * ((pred - target) ** 2).flatten(1).mean(1)).mean()
 
     @torch.no_grad()
