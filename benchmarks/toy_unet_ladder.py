@@ -188,6 +188,10 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "label_flat": (dict(max_objects=3), "one_object_flat",
                    "one_object_flat on the default world (up to 3 objects, textured backgrounds), the main "
                    "object's true category and colour through the time embedding: the objects, not the captions?"),
+    "caption_one_object_flat": (dict(cond="caption", label_path="context",
+                                     clip=dict(hard_negatives=0, steps=450, attribute=1.0)), "one_object_flat",
+                                "one_object_flat conditioned on captions through cross-attention (toy CLIP with "
+                                "attribute heads, as v_clip_attr) instead of true labels: the captions, not the objects?"),
     "placed_minsnr1": (dict(min_snr=1.0), "placed_minsnr5",
                        "placed_minsnr5 with gamma 1 instead of 5: does more of the loss on the mid-noise steps "
                        "(weight peaking at SNR 1) help further?"),
