@@ -44,7 +44,7 @@ BASE = dict(space="latent", vae="shipped", cond="caption", label_path="context",
             prediction="epsilon", channels=(32, 64, 64), attn_levels=(0, 1), layers_per_block=1, lr=1e-3,
             batch=64, min_snr=None, ema=None, pooled_text=False,
             decoder_noise=0.0, norm_groups=None, whiten=False, max_objects=3, label_place=False, coords=False,
-            clip=None, pose="random", time_shift="default")
+            clip=None, pose="random", time_shift="default", blur=False)
 
 #: name -> (factors changed from the parent, parent, what the rung asks).
 RUNGS: dict[str, tuple[dict, str | None, str]] = {
@@ -192,6 +192,13 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
                                      clip=dict(hard_negatives=0, steps=450, attribute=1.0)), "one_object_flat",
                                 "one_object_flat conditioned on captions through cross-attention (toy CLIP with "
                                 "attribute heads, as v_clip_attr) instead of true labels: the captions, not the objects?"),
+    "placed_blur": (dict(blur=True), "placed_minsnr5",
+                    "placed_minsnr5 with anti-aliased resolution changes (a fixed binomial blur before every stride-2 "
+                    "conv and after every upsampling; Zhang 2019): is it the aliasing of the stride-2 levels, so "
+                    "that a multi-scale U-Net can keep its depth and still reuse a shape across places?"),
+    "upright_blur": (dict(pose="upright"), "placed_blur",
+                     "placed_blur at random sizes too: do the anti-aliased deeper levels carry a shape across sizes, "
+                     "which the flat U-Net does not (upright_flat)?"),
     "placed_minsnr1": (dict(min_snr=1.0), "placed_minsnr5",
                        "placed_minsnr5 with gamma 1 instead of 5: does more of the loss on the mid-noise steps "
                        "(weight peaking at SNR 1) help further?"),
@@ -388,11 +395,40 @@ def make_denoiser(f: dict, in_ch: int, side: int, ctx_dim: int):
     if f["label_path"] == "class_embed":
         kw = dict(class_embed_type="projection",
                   projection_class_embeddings_input_dim=27 if f["label_place"] else 18)
-    return UNet2DConditionModel(sample_size=side, in_channels=in_ch, out_channels=in_ch,
+    unet = UNet2DConditionModel(sample_size=side, in_channels=in_ch, out_channels=in_ch,
                                 layers_per_block=int(f["layers_per_block"]), block_out_channels=ch,
                                 down_block_types=down, up_block_types=up, cross_attention_dim=ctx_dim,
                                 attention_head_dim=4, norm_num_groups=f["norm_groups"] or _groups(ch),
                                 resnet_time_scale_shift=f["time_shift"], **kw)
+    if f["blur"]:
+        anti_alias(unet)
+    return unet
+
+
+class Blur(torch.nn.Module):
+    """A fixed 3x3 binomial low-pass filter ([1, 2, 1] x [1, 2, 1] / 16), per channel, reflect-padded."""
+
+    def __init__(self):
+        super().__init__()
+        k = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (k[:, None] * k[None, :] / 16)[None, None], persistent=False)
+
+    def forward(self, x):
+        c = x.shape[1]
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"),
+                                          self.kernel.to(x.dtype).expand(c, 1, 3, 3), groups=c)
+
+
+def anti_alias(unet):
+    """Zhang (2019)'s anti-aliasing on every resolution change: blur before each stride-2 convolution
+    (so it subsamples a low-passed map) and after each nearest-neighbour upsampling (≈ interpolation).
+    No parameters change; a one-cell shift at 8x8 then moves the deeper levels' maps smoothly."""
+    for block in unet.down_blocks:
+        for ds in block.downsamplers or []:
+            ds.conv = torch.nn.Sequential(Blur(), ds.conv)
+    for block in unet.up_blocks:
+        for us in block.upsamplers or []:
+            us.conv = torch.nn.Sequential(Blur(), us.conv)
 
 
 def make_schedulers(f: dict):
