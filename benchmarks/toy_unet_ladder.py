@@ -525,6 +525,7 @@ def onehot(cat, col, place=None):
 def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     from brainrecon.diffusion import denoise_latents, denoising_target, min_snr_weight
     from brainrecon.training import FitConfig, fit, latest_checkpoint
+    from brainrecon.metrics import attribute_scores_per_image
     from brainrecon.metrics.backbones import attribute_accuracy
 
     f = rung_factors(name)
@@ -553,6 +554,20 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
     psnr = float((10 * torch.log10(1 / ((rt - x_te) ** 2).flatten(1).mean(1).clamp(min=1e-10))).mean())
     ceiling = {jn: {k: round(v, 4) for k, v in attribute_accuracy(j, rt, te.category, te.colour).items() if k != "n"}
                for jn, j in judges.items()}
+    # the main object's size (the longer side of its box, in image sides), split into terciles of the held-out
+    # set: category by size says whether small or large objects lose their shape; the round trips' own
+    # reading per tercile is the judge's ceiling there
+    side_frac = np.maximum(te.bbox[:, 2] - te.bbox[:, 0], te.bbox[:, 3] - te.bbox[:, 1]) / 32
+    size_edges = np.quantile(side_frac, [1 / 3, 2 / 3])
+    size_bin = np.digitize(side_frac, size_edges)
+
+    def by_size(judge, imgs, n):
+        ok = attribute_scores_per_image(imgs, te.category[:n], te.colour[:n], te.bbox[:n], judge, 32)["category_ok"]
+        ok, b_ = np.asarray(ok), size_bin[:n]
+        return [round(float(ok[b_ == b].mean()), 4) if (b_ == b).any() else None for b in range(3)]
+
+    size_record = {"edges_image_sides": [round(float(e), 3) for e in size_edges],
+                   "ceiling_category": {jn: by_size(j, rt, len(rt)) for jn, j in judges.items()}}
     # fragility: the first judge's category reading of decode(z + sigma * std(z) * n), the generator's error model
     fragility = {}
     if vae is not None:
@@ -700,6 +715,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
             sh = attribute_accuracy(judge, imgs, te.category[:n], te.colour[:n], np.roll(te.bbox[:n], n // 2, 0), 32)
             out[jn] = {k: round(a[k], 4) for k in ("category", "colour", "both", "position_error")}
             out[jn]["position_error_shuffled"] = round(sh["position_error"], 4)
+            out[jn]["category_by_size"] = by_size(judge, imgs, n)
         return out
 
     def cb(step, logs):
@@ -745,6 +761,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
                 "parent": RUNGS[name][1], "question": RUNGS[name][2], "vae": vae_rec, "text_encoder": clip_rec,
                 "vae_and_cache_wall_s": round(t_vae, 1), "curve": curve, "round_trip_psnr_db": round(psnr, 2),
                 "judge_ceiling_round_trip": ceiling, "latent_fragility_category": fragility,
+                "main_object_size_terciles": size_record,
                 "unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 3),
                 "threads": torch.get_num_threads()}
 
