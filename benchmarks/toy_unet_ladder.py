@@ -182,6 +182,9 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "upright_flat": (dict(pose="upright"), "placed_flat",
                      "placed_flat at random sizes too (upright, random place and size): does the U-Net that never "
                      "downsamples also carry a shape across sizes?"),
+    "upright_flat_wide": (dict(channels=(96,)), "upright_flat",
+                          "upright_flat 1.5x as wide (96 channels, ~2.2x the CPU): does the size variety need "
+                          "capacity (the placed world's 51 % with 64 channels)?"),
     "one_object_flat": (dict(pose="random"), "upright_flat",
                         "upright_flat with random rotations too (one object, the default world's poses): is the "
                         "rest of the default world's cost its several objects and captions?"),
