@@ -185,6 +185,20 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "upright_flat_wide": (dict(channels=(96,)), "upright_flat",
                           "upright_flat 1.5x as wide (96 channels, ~2.2x the CPU): does the size variety need "
                           "capacity (the placed world's 51 % with 64 channels)?"),
+    "upright_flat_midattn": (dict(attn_levels=()), "upright_flat",
+                             "upright_flat with attention in the mid block only (the 5 other blocks plain res-blocks, "
+                             "~0.75x the CPU): does every block need to attend, or is one global look enough?"),
+    "upright_flat_midattn_16x16": (dict(vae=dict(channels=(32, 64), latent_channels=4, kl=1e-6, noise=0.0)),
+                                   "upright_flat_midattn",
+                                   "upright_flat_midattn on a x2 VAE's 16x16x4 latent (the same 1,024 numbers, the "
+                                   "flat U-Net at 16x16): is a shape learnt faster across sizes when it is drawn in "
+                                   "cells (4 latent cells per 8 px) than when it is coded in 16 channels per cell?"),
+    "upright_flat_lr2e-3": (dict(lr=2e-3), "upright_flat",
+                            "upright_flat at lr 2e-3 instead of 1e-3 (3e-4 cost 9 points on the placed world): is "
+                            "the flat U-Net's learning of shapes step-limited by the step size?"),
+    "upright_flat_batch128": (dict(batch=128), "upright_flat",
+                              "upright_flat at batch 128 (2x the scenes per step, 2x the CPU): does the category "
+                              "follow the scenes seen (as batch 64 at 2x the steps) or the steps?"),
     "one_object_flat": (dict(pose="random"), "upright_flat",
                         "upright_flat with random rotations too (one object, the default world's poses): is the "
                         "rest of the default world's cost its several objects and captions?"),

@@ -154,6 +154,24 @@ def test_ladder_quick_mode_writes_every_column(tmp_path):
     assert again["base"] == res["base"]
 
 
+def test_judge_b_script_trains_the_second_judge_and_scores_both(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "toy_judge_b.py"), "--quick", "--out", str(tmp_path / "run"),
+           "--json", str(tmp_path / "jb.json")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "jb.json").read_text())
+    assert set(res["judges"]) == {"shipped", "b"}
+    for j in res["judges"].values():
+        assert set(j) == {"real", "vae_round_trip"} and all(0 <= v <= 1 for v in j["real"].values())
+    assert res["judges"]["shipped"]["real"]["category"] > 0.8       # the shipped judge on real held-out scenes
+    assert res["training"]["steps"] == 20 and 0 <= res["category_agreement_on_round_trips"] <= 1
+    judge = AttributeClassifier.from_pretrained(tmp_path / "run" / "attribute_classifier_b")
+    assert judge.config.downsample == "maxpool"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)     # resumes: nothing left to train
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((tmp_path / "jb.json").read_text())["training"]["resumed_from"] == 20
+
+
 def test_text_probe_quick_reads_the_shipped_encoders_contexts():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_text_probe.py"), "--quick"],
                          capture_output=True, text=True, timeout=300)
