@@ -188,6 +188,15 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
     "upright_flat_midattn": (dict(attn_levels=()), "upright_flat",
                              "upright_flat with attention in the mid block only (the 5 other blocks plain res-blocks, "
                              "~0.75x the CPU): does every block need to attend, or is one global look enough?"),
+    "v_clip_attr_flat_one_size": (dict(pose="one_size"), "v_clip_attr_flat",
+                                  "v_clip_attr_flat on the default world with every main object at one size (radius "
+                                  "0.25; several objects, rotations, textures and captions kept): is the size variety "
+                                  "what holds the default world's curve down (the one-object worlds: 51 % at one "
+                                  "size, 28 % at random sizes, 2k steps)?"),
+    "upright_flat_midattn_nominsnr": (dict(min_snr=None), "upright_flat_midattn",
+                                      "upright_flat_midattn without Min-SNR weighting (it helped on the placed "
+                                      "world at 2k but stopped the default world's curve, § 11): does it also hold "
+                                      "back the random-size world's curve after 2k steps?"),
     "upright_flat_midattn_16x16": (dict(vae=dict(channels=(32, 64), latent_channels=4, kl=1e-6, noise=0.0)),
                                    "upright_flat_midattn",
                                    "upright_flat_midattn on a x2 VAE's 16x16x4 latent (the same 1,024 numbers, the "
@@ -360,7 +369,9 @@ def get_text_encoder(spec, data, work: Path, quick: bool):
     from brainrecon.training.toy_backbones import _train_clip
 
     steps = 20 if quick else int(spec["steps"])
-    key = hashlib.sha1(json.dumps([spec, steps, len(data["images"])], sort_keys=True).encode()).hexdigest()[:10]
+    # keyed by the training captions too: rungs of different worlds train their own tower
+    world = hashlib.sha1(np.ascontiguousarray(np.asarray(data["ids"])).tobytes()).hexdigest()[:10]
+    key = hashlib.sha1(json.dumps([spec, steps, len(data["images"]), world], sort_keys=True).encode()).hexdigest()[:10]
     d = work / f"clip_{key}"
     rec_path = d / "ladder_clip.json"
     if not rec_path.is_file():

@@ -202,6 +202,13 @@ def test_poses_share_the_random_stream_and_centred_needs_one_object():
     gs = np.array([o[0]["centre"] for o in grid.objects])
     assert set(np.unique(gs)) == {12.0, 16.0, 20.0} and np.abs(gs - xs).max() <= 4.0
     assert (grid.category == placed.category).all()
+    # one_size: the default world (several objects, rotations) with every main object at radius 0.25
+    full, one = make_scenes(64, 32, seed=3), make_scenes(64, 32, seed=3, pose="one_size")
+    assert (one.n_objects == full.n_objects).all() and (one.category == full.category).all()
+    assert all(o[0]["size"] == 8.0 for o in one.objects) and len({o[0]["size"] for o in full.objects}) > 10
+    assert [o[0]["rotation"] for o in one.objects] == [o[0]["rotation"] for o in full.objects]
+    assert [o[1:] for o in one.objects] == [o[1:] for o in full.objects]          # the other objects as drawn
+    assert one.meta["pose"] == "one_size"
     with pytest.raises(InvalidInputError, match="max_objects=1"):
         make_scenes(4, 32, pose="placed")
     with pytest.raises(InvalidInputError, match="max_objects=1"):

@@ -489,7 +489,7 @@ def _backgrounds(rng, pattern, bg_col, bg_par, S):
 
 
 #: Object poses :func:`make_scenes` can draw (``pose=``).
-POSES: tuple[str, ...] = ("random", "upright", "centred", "placed", "sized", "gridded")
+POSES: tuple[str, ...] = ("random", "upright", "centred", "placed", "sized", "gridded", "one_size")
 _ONE_OBJECT_POSES = ("centred", "placed", "sized", "gridded")
 _GRID = 8                    # "gridded": centres on multiples of 1/8 side (the shipped 4x VAE's cell at 32 px)
 _CENTRED_RADIUS = 0.25       # the main object's radius in the "centred" pose, fraction of the side
@@ -510,7 +510,7 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
         call equal a call with ``n = m``).
     max_objects : int
         Objects per image are drawn uniformly from 1 to this (1 to 3).
-    pose : {"random", "upright", "centred", "placed", "sized", "gridded"}
+    pose : {"random", "upright", "centred", "placed", "sized", "gridded", "one_size"}
         ``"random"`` (the default world): every object at a random place, size and rotation.
         ``"upright"``: the same places and sizes, every rotation 0 (arrows point right).
         ``"centred"``: one upright object of radius 0.25 image sides at the centre, an
@@ -520,7 +520,9 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
         between ``"upright"`` and ``"centred"``; both need ``max_objects=1``). ``"gridded"``:
         ``"placed"`` with the centre rounded to a multiple of 1/8 side (one cell of the shipped
         8×8 latent at 32 px; 3×3 places), so every object has the same offset from the latent
-        grid. All poses draw the same random stream, so colours, categories and backgrounds
+        grid. ``"one_size"``: the default world (any number of objects, random places and
+        rotations) but every main object at radius 0.25, the others as drawn (smaller): the
+        default world without its main object's size variety. All poses draw the same random stream, so colours, categories and backgrounds
         agree across poses.
 
     Returns
@@ -551,16 +553,16 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), b0 // BLOCK, K]))
         (n_obj, cats, cols, sizes, rots, centres, pattern, bg_col, bg_par,
          col_jit) = _sample_block(rng, BLOCK, K)
-        if pose != "random":
+        if pose not in ("random", "one_size"):
             rots[:] = 0.0
         if pose in ("centred", "sized"):
             centres[:, 0] = 0.5
-        if pose in ("centred", "placed", "gridded"):
+        if pose in ("centred", "placed", "gridded", "one_size"):
             # the random places were drawn for the random size: rescale them into the fixed radius's range
             lo = sizes[:, 0] * 1.05
             frac = (centres[:, 0] - lo[:, None]) / (1 - 2 * lo)[:, None]
             sizes[:, 0] = _CENTRED_RADIUS
-            if pose in ("placed", "gridded"):
+            if pose in ("placed", "gridded", "one_size"):
                 r = _CENTRED_RADIUS * 1.05
                 centres[:, 0] = r + frac * (1 - 2 * r)
             if pose == "gridded":
