@@ -186,8 +186,9 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
                           "upright_flat 1.5x as wide (96 channels, ~2.2x the CPU): does the size variety need "
                           "capacity (the placed world's 51 % with 64 channels)?"),
     "upright_flat_midattn": (dict(attn_levels=()), "upright_flat",
-                             "upright_flat with attention in the mid block only (the 5 other blocks plain res-blocks, "
-                             "~0.75x the CPU): does every block need to attend, or is one global look enough?"),
+                             "upright_flat with attention in the mid block only (the 5 other blocks plain res-blocks; "
+                             "0.44x the CPU, measured): does every block need to attend, or is one global look "
+                             "enough?"),
     "v_clip_attr_flat_one_size": (dict(pose="one_size"), "v_clip_attr_flat",
                                   "v_clip_attr_flat on the default world with every main object at one size (radius "
                                   "0.25; several objects, rotations, textures and captions kept): is the size variety "

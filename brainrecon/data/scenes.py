@@ -522,8 +522,8 @@ def make_scenes(n: int, image_size: int = 64, seed: int = 0, max_objects: int = 
         8×8 latent at 32 px; 3×3 places), so every object has the same offset from the latent
         grid. ``"one_size"``: the default world (any number of objects, random places and
         rotations) but every main object at radius 0.25, the others as drawn (smaller): the
-        default world without its main object's size variety. All poses draw the same random stream, so colours, categories and backgrounds
-        agree across poses.
+        default world without its main object's size variety. All poses draw the same random
+        stream, so colours, categories and backgrounds agree across poses.
 
     Returns
     -------
