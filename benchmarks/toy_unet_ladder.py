@@ -189,6 +189,10 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
                              "upright_flat with attention in the mid block only (the 5 other blocks plain res-blocks; "
                              "0.44x the CPU, measured): does every block need to attend, or is one global look "
                              "enough?"),
+    "v_clip_attr_flat_midattn": (dict(attn_levels=()), "v_clip_attr_flat",
+                                 "v_clip_attr_flat with attention in the mid block only (0.44x the CPU on labels, "
+                                 "the same category): does the caption, then read by one cross-attention, keep its "
+                                 "place word and its category curve?"),
     "v_clip_attr_flat_one_size": (dict(pose="one_size"), "v_clip_attr_flat",
                                   "v_clip_attr_flat on the default world with every main object at one size (radius "
                                   "0.25; several objects, rotations, textures and captions kept): is the size variety "
