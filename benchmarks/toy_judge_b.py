@@ -33,7 +33,7 @@ from brainrecon.backbones.hub import TOY_WEIGHTS_DIR, load_backbone
 from brainrecon.backbones.toy import ToyBackboneConfig
 from brainrecon.data.scenes import make_scenes
 from brainrecon.metrics.backbones import attribute_accuracy
-from brainrecon.training.toy_backbones import _train_attributes
+from brainrecon.training.toy_backbones import _decode_all, _train_attributes
 from brainrecon.io import write_json
 
 
@@ -60,13 +60,11 @@ def main(argv=None):
     rec = _train_attributes(cfg, None, out, judge="b")
     train_wall, train_cpu = time.perf_counter() - t0, time.process_time() - c0
 
-    bb = load_backbone("toy")
     te = make_scenes(args.n_eval, image_size=cfg.image_size, seed=args.heldout_seed)
-    x = torch.from_numpy(te.images).permute(0, 3, 1, 2).float() / 255
-    with torch.no_grad():
-        z = bb.vae.encode(x * 2 - 1).latent_dist.mean
-        rt = ((bb.vae.decode(z).sample + 1) / 2).clamp(0, 1)
-    judges = {"shipped": bb.attribute_classifier,
+    u8 = torch.from_numpy(te.images).permute(0, 3, 1, 2).contiguous()
+    x = u8.float() / 255
+    rt = _decode_all(out / "vae", u8).float() / 255     # the round trips of the VAE the judge trained on
+    judges = {"shipped": load_backbone("toy").attribute_classifier,
               "b": AttributeClassifier.from_pretrained(out / "attribute_classifier_b").eval()}
     res = {name: {where: {k: round(v, 4) for k, v in attribute_accuracy(j, imgs, te.category, te.colour).items()
                           if k != "n"}
