@@ -44,7 +44,7 @@ BASE = dict(space="latent", vae="shipped", cond="caption", label_path="context",
             prediction="epsilon", channels=(32, 64, 64), attn_levels=(0, 1), layers_per_block=1, lr=1e-3,
             batch=64, min_snr=None, ema=None, pooled_text=False,
             decoder_noise=0.0, norm_groups=None, whiten=False, max_objects=3, label_place=False, coords=False,
-            clip=None, pose="random", time_shift="default", blur=False)
+            clip=None, pose="random", time_shift="default", blur=False, lr_schedule="constant")
 
 #: name -> (factors changed from the parent, parent, what the rung asks).
 RUNGS: dict[str, tuple[dict, str | None, str]] = {
@@ -114,6 +114,25 @@ RUNGS: dict[str, tuple[dict, str | None, str]] = {
                          "one-object world carry to the default world with captions?"),
     "v_clip_attr_flat_minsnr5": (dict(min_snr=5.0), "v_clip_attr_flat",
                                  "v_clip_attr_flat with Min-SNR-5 loss weighting: the candidate default recipe"),
+    "v_clip_attr_flat_cosine": (dict(lr_schedule="cosine"), "v_clip_attr_flat",
+                                "v_clip_attr_flat with the shipped recipe's cosine decay (to 0.1 x lr at the last --eval-at "
+                                "step) instead of a constant lr: does annealing sharpen what the constant-lr run has learnt?"),
+    "v_clip_attr_flat_ema": (dict(ema=0.999), "v_clip_attr_flat",
+                             "v_clip_attr_flat judged raw and with an EMA of its weights (decay 0.999, warm-up "
+                             "(1+s)/(10+s)) in the same run: does weight averaging help once the U-Net learns shapes?"),
+    "v_clip_attr_flat_batch32": (dict(batch=32), "v_clip_attr_flat",
+                                 "v_clip_attr_flat at batch 32 instead of 64, half the CPU per step: batch 128 read "
+                                 "the same as 64 at the same steps (upright_flat_batch128), so is 64 above the "
+                                 "critical batch, and the curve a function of steps alone down to 32?"),
+    "v_clip_attr_flat_batch16": (dict(batch=16), "v_clip_attr_flat_batch32",
+                                 "v_clip_attr_flat_batch32 at batch 16: where does the curve start to follow scenes?"),
+    "v_clip_attr_flat_whitened": (dict(whiten=True), "v_clip_attr_flat",
+                                  "v_clip_attr_flat on channel-whitened latents (PCA, unit variance): shape lives in "
+                                  "latent components of 2-5 % of the variance; retried on the recipe that learns shapes"),
+    "v_clip_attr_flat_8x8x4": (dict(vae=dict(channels=(16, 32, 64), latent_channels=4, kl=1e-6, noise=0.0)),
+                               "v_clip_attr_flat",
+                               "v_clip_attr_flat on an 8x8x4 latent (a VAE of 4 latent channels instead of 16): "
+                               "a quarter of the numbers per cell, so must a shape be a louder part of them?"),
     "v_attn_all": (dict(attn_levels=(0, 1, 2)), "v_pred", "v_pred with attention on every level"),
     "v_deeper": (dict(layers_per_block=2), "v_pred", "v_pred with two res-blocks per level"),
     "v_ema": (dict(ema=0.999), "v_pred",
@@ -814,7 +833,9 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         return finish()
     # resumable (but for EMA rungs, whose average is not checkpointed): a rerun with a later --eval-at
     # continues the same run from its newest checkpoint, exactly (constant lr), keeping the earlier rows
-    ckpt_dir = None if ema_model is not None else Path(args.work) / name / "fit"
+    # (a cosine rung's schedule depends on its last step, so its checkpoints are kept per schedule length)
+    ckpt_dir = None if ema_model is not None else Path(args.work) / name / (
+        "fit" if f["lr_schedule"] == "constant" else f"fit-{f['lr_schedule']}-{eval_at[-1]}")
     resumed = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
     if resumed is not None:
         start = int(resumed.name.split("-")[1])
@@ -826,7 +847,7 @@ def run_rung(name: str, data, te, judges: dict, args, on_update=None) -> dict:
         t_fit[0] -= done["train_wall_s"] + rate[0] * (start - done["step"])
         t_fit[1] -= done["train_cpu_s"] + rate[1] * (start - done["step"])
         print(f"resuming {name} from step {start} ({len(curve)} earlier rows kept)", flush=True)
-    cfg = FitConfig(max_steps=eval_at[-1], lr=f["lr"], warmup_steps=100, lr_schedule="constant", grad_clip=1.0,
+    cfg = FitConfig(max_steps=eval_at[-1], lr=f["lr"], warmup_steps=100, lr_schedule=f["lr_schedule"], grad_clip=1.0,
                     seed=0, progress=False, weight_decay=0.01, cpu=args.device == "cpu",
                     checkpoint_every=0 if ckpt_dir is None else 500)
     fit(model, loss_fn, batches, cfg, ckpt_dir, callbacks=[lambda s, l: hist.append(l), ema_update, cb])

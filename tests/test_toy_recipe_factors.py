@@ -154,6 +154,19 @@ def test_ladder_quick_mode_writes_every_column(tmp_path):
     assert again["base"] == res["base"]
 
 
+def test_ladder_cosine_rung_anneals_to_its_last_step_and_keeps_its_own_checkpoints(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_unet_ladder.py"), "--quick", "--rungs",
+                          "v_clip_attr_flat_cosine", "--eval-at", "4", "8", "--work", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "quick.json").read_text())["rungs"]["v_clip_attr_flat_cosine"]
+    assert res["factors"]["lr_schedule"] == "cosine" and res["parent"] == "v_clip_attr_flat"
+    assert [r["step"] for r in res["curve"]] == [4, 8]
+    # the schedule's length is part of the run: its checkpoints sit apart from a constant-lr run's
+    rung_dir = tmp_path / "v_clip_attr_flat_cosine"
+    assert (rung_dir / "fit-cosine-8").is_dir() and not (rung_dir / "fit").exists()
+
+
 def test_judge_b_script_trains_the_second_judge_and_scores_both(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "toy_judge_b.py"), "--quick", "--out", str(tmp_path / "run"),
            "--json", str(tmp_path / "jb.json")]
