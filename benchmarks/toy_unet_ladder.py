@@ -19,7 +19,8 @@ table differs from the base row, or from the rung it names as ``parent``, in one
 VAE rungs train their own VAE (cached under ``--work`` by its settings) with the package's own
 :func:`brainrecon.training.toy_backbones._train_vae` and :func:`._train_vae_decoder`; every
 denoiser trains with :func:`brainrecon.training.fit` at constant learning rate after warm-up, so
-a rung's 1k-step figure is the same run's state at step 1,000.
+a rung's 1k-step figure is the same run's state at step 1,000 (but for the ``lr_schedule="cosine"``
+rungs, which anneal to their last ``--eval-at`` step and keep their checkpoints per schedule length).
 
 Results are written as JSON (``--out``, default ``benchmarks/results/toy_unet_ladder.json``),
 merged rung by rung so that rungs can be run in separate processes.
