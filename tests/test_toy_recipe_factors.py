@@ -154,7 +154,7 @@ def test_ladder_quick_mode_writes_every_column(tmp_path):
     assert again["base"] == res["base"]
 
 
-def test_ladder_cosine_rung_anneals_to_its_last_step_and_keeps_its_own_checkpoints(tmp_path):
+def test_ladder_cosine_rung_records_its_schedule_and_keeps_checkpoints_per_schedule_length(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "toy_unet_ladder.py"), "--quick", "--rungs",
                           "v_clip_attr_flat_cosine", "--eval-at", "4", "8", "--work", str(tmp_path)],
                          capture_output=True, text=True, timeout=600)
